@@ -1,0 +1,518 @@
+//! The eBPF datapath: loads Cedille's programs, attaches them to pod cgroups, and pins links
+//! and maps under a bpffs directory so that an agent restart adopts them instead of detaching.
+//!
+//! Layout under the pin directory:
+//! ```text
+//! maps/CEDILLE_TARGETS, maps/CEDILLE_ORIG_DST, ...   shared by every attachment
+//! links/<attachment id>/connect4|connect6|sockops    one directory per attached cgroup
+//! ```
+//! While a link is pinned the kernel keeps it attached, agent or no agent: that is what keeps
+//! an enrolled pod's traffic steered (fail-closed) while the agent restarts.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, ProgramError,
+        links::{FdLink, LinkError, PinnedLink},
+    },
+};
+use cedille_ebpf::{AF_INET, AF_INET6, OrigDst, RedirectTarget, STAT_COUNT, SockKey, Stat};
+use tracing::{info, warn};
+
+use crate::netns;
+
+/// Programs attached to every enrolled cgroup, with the name of their pin file.
+const PROGRAMS: [(&str, &str); 3] = [
+    (cedille_ebpf::programs::CONNECT4, "connect4"),
+    (cedille_ebpf::programs::CONNECT6, "connect6"),
+    (cedille_ebpf::programs::SOCK_OPS, "sockops"),
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this agent binary was built without its eBPF programs; build it with `cargo xtask build` (see README)"
+    )]
+    NoEbpfObject,
+    #[error("{}: not a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object: {0} (is the kernel 5.15 or newer, and are we root?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("pinning link at {}: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("eBPF link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: LinkError,
+    },
+    #[error(
+        "invalid attachment id {0:?}: use 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
+    )]
+    BadId(String),
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What [`Datapath::attach`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The programs were attached now.
+    Created,
+    /// Every link was already pinned by an earlier run and is kept as it is.
+    Adopted,
+}
+
+/// Counters kept by the eBPF programs, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub redirected: u64,
+    pub recorded: u64,
+    pub map_update_failed: u64,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    links: StdHashMap<String, Vec<PinnedLink>>,
+    targets: HashMap<MapData, u64, RedirectTarget>,
+    orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Datapath {
+    /// Loads the embedded eBPF object, reusing maps already pinned under `pin_dir`.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        Self::load_object(crate::EBPF_OBJECT, pin_dir)
+    }
+
+    pub fn load_object(object: &[u8], pin_dir: &Path) -> Result<Self> {
+        if object.is_empty() {
+            return Err(DatapathError::NoEbpfObject);
+        }
+        let maps_dir = pin_dir.join("maps");
+        fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
+        if !is_bpffs(pin_dir).map_err(io_err(pin_dir))? {
+            return Err(DatapathError::NotBpffs(pin_dir.to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(object)?;
+        for (name, _) in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            })?;
+            let loaded = match program {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SockOps(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            loaded.map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let targets = take_map(&mut ebpf, cedille_ebpf::maps::REDIRECT_TARGETS)?;
+        let orig = take_map(&mut ebpf, cedille_ebpf::maps::ORIGINAL_DST)?;
+        let stats = take_map(&mut ebpf, cedille_ebpf::maps::STATS)?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            links: StdHashMap::new(),
+            targets,
+            orig: Mutex::new(orig),
+            stats,
+        })
+    }
+
+    fn link_dir(&self, id: &str) -> Result<PathBuf> {
+        if !valid_id(id) {
+            return Err(DatapathError::BadId(id.to_owned()));
+        }
+        Ok(self.pin_dir.join("links").join(id))
+    }
+
+    /// Attaches the programs to the cgroup at `cgroup` under the name `id`, or adopts the
+    /// links an earlier run pinned under that name.
+    pub fn attach(&mut self, id: &str, cgroup: &Path) -> Result<Attached> {
+        let dir = self.link_dir(id)?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let cgroup_dir = fs::File::open(cgroup).map_err(io_err(cgroup))?;
+        let mut links = Vec::with_capacity(PROGRAMS.len());
+        let mut created = false;
+        for (name, file) in PROGRAMS {
+            let pin = dir.join(file);
+            if pin.exists() {
+                match PinnedLink::from_pin(&pin) {
+                    Ok(link) => {
+                        links.push(link);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(pin = %pin.display(), error = %e, "replacing unreadable pinned link");
+                        fs::remove_file(&pin).map_err(io_err(&pin))?;
+                    }
+                }
+            }
+            let link = self.attach_program(name, cgroup_dir.as_fd())?;
+            let pinned = link.pin(&pin).map_err(|source| DatapathError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
+            links.push(pinned);
+            created = true;
+        }
+        self.links.insert(id.to_owned(), links);
+        let outcome = if created {
+            Attached::Created
+        } else {
+            Attached::Adopted
+        };
+        info!(id, cgroup = %cgroup.display(), ?outcome, "eBPF programs attached");
+        Ok(outcome)
+    }
+
+    fn attach_program(&mut self, name: &'static str, cgroup: impl AsFd) -> Result<FdLink> {
+        let err = |source| DatapathError::Program { name, source };
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(err(ProgramError::UnexpectedProgramType))?;
+        // Links are always attached in multi mode, so other agents' programs keep working.
+        let link: FdLink = match program {
+            aya::programs::Program::CgroupSockAddr(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+                let link = p.take_link(id).map_err(err)?;
+                link.try_into()
+                    .map_err(|source| DatapathError::Link { name, source })?
+            }
+            aya::programs::Program::SockOps(p) => {
+                let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+                let link = p.take_link(id).map_err(err)?;
+                link.try_into()
+                    .map_err(|source| DatapathError::Link { name, source })?
+            }
+            _ => return Err(err(ProgramError::UnexpectedProgramType)),
+        };
+        Ok(link)
+    }
+
+    /// Detaches the programs attached under `id` and removes their pins. Returns whether
+    /// anything was attached.
+    pub fn detach(&mut self, id: &str) -> Result<bool> {
+        let dir = self.link_dir(id)?;
+        let mut found = false;
+        if let Some(links) = self.links.remove(id) {
+            for link in links {
+                found = true;
+                // Unpinning and dropping the last reference detaches the program.
+                if let Err(e) = link.unpin() {
+                    warn!(id, error = %e, "unpinning link");
+                }
+            }
+        }
+        for (_, file) in PROGRAMS {
+            let pin = dir.join(file);
+            if pin.exists() {
+                found = true;
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+            }
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        if found {
+            info!(id, "eBPF programs detached");
+        }
+        Ok(found)
+    }
+
+    /// Attachment ids pinned under this directory, by this run or an earlier one.
+    pub fn pinned_ids(&self) -> Result<Vec<String>> {
+        let dir = self.pin_dir.join("links");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            ids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Sends TCP connections made in the network namespace `netns_cookie` (by processes in an
+    /// attached cgroup) to `target`.
+    pub fn set_target(&mut self, netns_cookie: u64, target: SocketTarget) -> Result<()> {
+        self.targets
+            .insert(netns_cookie, target.to_map(), 0)
+            .map_err(|source| DatapathError::Map {
+                name: cedille_ebpf::maps::REDIRECT_TARGETS,
+                source,
+            })
+    }
+
+    /// Stops redirecting the network namespace `netns_cookie`. Returns whether it was.
+    pub fn remove_target(&mut self, netns_cookie: u64) -> Result<bool> {
+        match self.targets.remove(&netns_cookie) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(DatapathError::Map {
+                name: cedille_ebpf::maps::REDIRECT_TARGETS,
+                source,
+            }),
+        }
+    }
+
+    /// Number of network namespaces with a redirect target.
+    pub fn target_count(&self) -> usize {
+        self.targets.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Number of recorded original destinations not yet taken by the agent.
+    pub fn pending_original_dsts(&self) -> usize {
+        let orig = self.orig.lock().unwrap_or_else(|e| e.into_inner());
+        orig.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The destination the client of `accepted` asked for before the redirect, removed from
+    /// the map as it is read. `None` when the connection was not redirected by us.
+    pub fn take_original_dst(&self, accepted: &impl AsFd) -> Result<Option<SocketAddr>> {
+        let fd = accepted.as_fd();
+        let peer = netns::peer_addr(fd).map_err(|source| DatapathError::Io {
+            path: PathBuf::from("<accepted socket>"),
+            source,
+        })?;
+        let cookie = netns::netns_cookie(fd).map_err(|source| DatapathError::Io {
+            path: PathBuf::from("<accepted socket>"),
+            source,
+        })?;
+        let key = sock_key(cookie, peer);
+        let mut orig = self.orig.lock().unwrap_or_else(|e| e.into_inner());
+        let value = match orig.get(&key, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    name: cedille_ebpf::maps::ORIGINAL_DST,
+                    source,
+                });
+            }
+        };
+        // A concurrent removal (LRU eviction) is harmless: we already hold the value.
+        let _ = orig.remove(&key);
+        Ok(Some(orig_to_addr(&value)))
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let read = |stat: Stat| -> Result<u64> {
+            let per_cpu =
+                self.stats
+                    .get(&(stat as u32), 0)
+                    .map_err(|source| DatapathError::Map {
+                        name: cedille_ebpf::maps::STATS,
+                        source,
+                    })?;
+            Ok(per_cpu.iter().sum())
+        };
+        debug_assert_eq!(STAT_COUNT, 3);
+        Ok(Stats {
+            redirected: read(Stat::Redirected)?,
+            recorded: read(Stat::Recorded)?,
+            map_update_failed: read(Stat::MapUpdateFailed)?,
+        })
+    }
+}
+
+/// Attachment ids become directory names under the pin directory: no separators, no dot
+/// files, bounded length.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Where the agent listens for redirected connections inside a pod's network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketTarget {
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    pub port: u16,
+}
+
+impl SocketTarget {
+    /// The usual target: the agent's outbound listener on the pod's loopback.
+    pub fn loopback(port: u16) -> Self {
+        Self {
+            ip4: Ipv4Addr::LOCALHOST,
+            ip6: Ipv6Addr::LOCALHOST,
+            port,
+        }
+    }
+
+    fn to_map(self) -> RedirectTarget {
+        RedirectTarget {
+            ip6: words(self.ip6.octets()),
+            ip4: u32::from_ne_bytes(self.ip4.octets()),
+            port: self.port,
+            _pad: 0,
+        }
+    }
+}
+
+/// Packs address bytes into the native-endian words the kernel contexts use.
+fn words(octets: [u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, chunk) in octets.chunks_exact(4).enumerate() {
+        out[i] = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    out
+}
+
+fn octets(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+/// The map key for a connection whose client end is `peer`, as sock_ops recorded it.
+pub fn sock_key(netns_cookie: u64, peer: SocketAddr) -> SockKey {
+    let (addr, family) = match peer.ip().to_canonical() {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => (words(v6.octets()), AF_INET6),
+    };
+    SockKey {
+        netns_cookie,
+        addr,
+        port: peer.port(),
+        family,
+        _pad: 0,
+    }
+}
+
+fn orig_to_addr(orig: &OrigDst) -> SocketAddr {
+    if orig.family == AF_INET {
+        let b = orig.addr[0].to_ne_bytes();
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), orig.port)
+    } else {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets(&orig.addr))), orig.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_map_layout() {
+        for addr in ["10.1.2.3:80", "[fd00::1:2]:8443", "[::ffff:10.0.0.9]:53"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let key = sock_key(7, addr);
+            let orig = OrigDst {
+                addr: key.addr,
+                port: key.port,
+                family: key.family,
+            };
+            let back = orig_to_addr(&orig);
+            assert_eq!(back.ip(), addr.ip().to_canonical());
+            assert_eq!(back.port(), addr.port());
+        }
+    }
+
+    #[test]
+    fn map_words_hold_address_bytes_in_network_order() {
+        let t = SocketTarget {
+            ip4: Ipv4Addr::new(127, 0, 0, 1),
+            ip6: Ipv6Addr::LOCALHOST,
+            port: 15001,
+        }
+        .to_map();
+        // The kernel compares these words with the raw bytes of sockaddr_in{,6}.
+        assert_eq!(t.ip4.to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(t.ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(t.port, 15001);
+    }
+
+    #[test]
+    fn v4_mapped_peer_uses_the_v4_key() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().unwrap();
+        let plain: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(sock_key(1, mapped), sock_key(1, plain));
+    }
+
+    #[test]
+    fn attachment_ids_cannot_escape_the_pin_directory() {
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(129)] {
+            assert!(!valid_id(bad), "{bad:?} accepted");
+        }
+        for good in ["pod-1234", "0f3c_uid.v2", &"x".repeat(128)] {
+            assert!(valid_id(good), "{good:?} refused");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! cedille-agent: the node agent's library. `main.rs` is a thin wrapper, so tests drive the
+//! real code in-process.
+
+pub mod datapath;
+pub mod netns;
+
+/// The eBPF object embedded at build time (empty when built without `cargo xtask`).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cedille-ebpf.o"));

@@ -1,0 +1,233 @@
+//! Outbound capture: `connect4`/`connect6` send an enrolled pod's TCP connections to the agent
+//! and remember where they were going; `sock_ops` re-keys that memory by the client's local
+//! address once the kernel has picked it, which is what the agent sees on accept.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use cedille_ebpf::{
+    AF_INET, AF_INET6, CONNECTION_MAP_ENTRIES, OrigDst, RedirectTarget, STAT_COUNT, SockKey, Stat,
+    TARGET_MAP_ENTRIES,
+};
+
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+/// Return values of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[map(name = "CEDILLE_TARGETS")]
+static TARGETS: HashMap<u64, RedirectTarget> = HashMap::pinned(TARGET_MAP_ENTRIES, 0);
+
+#[map(name = "CEDILLE_PENDING")]
+static PENDING: LruHashMap<u64, OrigDst> = LruHashMap::pinned(CONNECTION_MAP_ENTRIES, 0);
+
+#[map(name = "CEDILLE_ORIG_DST")]
+static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(CONNECTION_MAP_ENTRIES, 0);
+
+#[map(name = "CEDILLE_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[inline(always)]
+fn count(stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Loopback destinations stay inside the pod: the pod talking to itself is not meshed.
+#[inline(always)]
+fn is_loopback4(addr: u32) -> bool {
+    u32::from_be(addr) >> 24 == 127
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && u32::from_be(addr[2]) == 0xffff
+}
+
+#[inline(always)]
+fn is_loopback6(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && u32::from_be(addr[3]) == 1
+}
+
+/// Looks up the pod's redirect target; `None` for sockets that are not TCP or whose network
+/// namespace has no target (not enrolled, or being un-enrolled).
+#[inline(always)]
+fn target_for(ctx: &SockAddrContext) -> Option<RedirectTarget> {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands us a valid context for the whole program run.
+    let (ty, proto) = unsafe { ((*sa).type_, (*sa).protocol) };
+    if ty != SOCK_STREAM || proto != IPPROTO_TCP {
+        return None;
+    }
+    // SAFETY: helper call with the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    unsafe { TARGETS.get(&netns) }.copied()
+}
+
+/// Remembers the original destination under the socket's cookie. Failing to remember it
+/// would hand the agent a connection it cannot route, so the connect is refused instead.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
+    // SAFETY: helper call with the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if PENDING.insert(&cookie, orig, 0).is_err() {
+        count(Stat::MapUpdateFailed);
+        return false;
+    }
+    count(Stat::Redirected);
+    true
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn cedille_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(target) = target_for(&ctx) else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context; ctx fields must be read and written with 32-bit accesses.
+    unsafe {
+        let ip = read_volatile(addr_of!((*sa).user_ip4));
+        if is_loopback4(ip) {
+            return ALLOW;
+        }
+        let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
+        let orig = OrigDst {
+            addr: [ip, 0, 0, 0],
+            port,
+            family: AF_INET,
+        };
+        if !remember(&ctx, &orig) {
+            return DENY;
+        }
+        write_volatile(addr_of_mut!((*sa).user_ip4), target.ip4);
+        write_volatile(addr_of_mut!((*sa).user_port), target.port.to_be() as u32);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn cedille_connect6(ctx: SockAddrContext) -> i32 {
+    let Some(target) = target_for(&ctx) else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context; ctx fields must be read and written with 32-bit accesses.
+    unsafe {
+        let ip6 = addr_of_mut!((*sa).user_ip6) as *mut u32;
+        let ip = [
+            read_volatile(ip6),
+            read_volatile(ip6.add(1)),
+            read_volatile(ip6.add(2)),
+            read_volatile(ip6.add(3)),
+        ];
+        let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
+        // A v4-mapped destination is an IPv4 connection made from an IPv6 socket: record and
+        // redirect it as IPv4, so the agent sees the same thing as for connect4.
+        let mapped = is_v4_mapped(&ip);
+        if (mapped && is_loopback4(ip[3])) || is_loopback6(&ip) {
+            return ALLOW;
+        }
+        let orig = if mapped {
+            OrigDst {
+                addr: [ip[3], 0, 0, 0],
+                port,
+                family: AF_INET,
+            }
+        } else {
+            OrigDst {
+                addr: ip,
+                port,
+                family: AF_INET6,
+            }
+        };
+        if !remember(&ctx, &orig) {
+            return DENY;
+        }
+        let new = if mapped {
+            [0, 0, 0xffff_u32.to_be(), target.ip4]
+        } else {
+            target.ip6
+        };
+        write_volatile(ip6, new[0]);
+        write_volatile(ip6.add(1), new[1]);
+        write_volatile(ip6.add(2), new[2]);
+        write_volatile(ip6.add(3), new[3]);
+        write_volatile(addr_of_mut!((*sa).user_port), target.port.to_be() as u32);
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn cedille_sockops(ctx: SockOpsContext) -> u32 {
+    // TCP_CONNECT_CB runs after the local port is bound and before the SYN leaves, so the
+    // entry exists before the agent can accept the connection.
+    // SAFETY: valid context, read with a 32-bit load.
+    let op = unsafe { read_volatile(addr_of!((*ctx.ops).op)) };
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        record(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn record(ctx: &SockOpsContext) {
+    // SAFETY: helper calls with the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(orig) = (unsafe { PENDING.get(&cookie) }).copied() else {
+        return;
+    };
+    let _ = PENDING.remove(&cookie);
+    // SAFETY: helper call with the program's own context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let ops = ctx.ops;
+    // SAFETY: valid context. The verifier only accepts 32-bit loads at constant offsets from
+    // the context pointer, so arrays are read word by word and never copied whole.
+    let key = unsafe {
+        let port = read_volatile(addr_of!((*ops).local_port)) as u16;
+        let family = read_volatile(addr_of!((*ops).family));
+        let remote6 = addr_of!((*ops).remote_ip6) as *const u32;
+        let remote_mapped = read_volatile(remote6) == 0
+            && read_volatile(remote6.add(1)) == 0
+            && u32::from_be(read_volatile(remote6.add(2))) == 0xffff;
+        if family == AF_INET as u32 || remote_mapped {
+            SockKey {
+                netns_cookie,
+                addr: [read_volatile(addr_of!((*ops).local_ip4)), 0, 0, 0],
+                port,
+                family: AF_INET,
+                _pad: 0,
+            }
+        } else {
+            let local6 = addr_of!((*ops).local_ip6) as *const u32;
+            SockKey {
+                netns_cookie,
+                addr: [
+                    read_volatile(local6),
+                    read_volatile(local6.add(1)),
+                    read_volatile(local6.add(2)),
+                    read_volatile(local6.add(3)),
+                ],
+                port,
+                family: AF_INET6,
+                _pad: 0,
+            }
+        }
+    };
+    if ORIG_DST.insert(&key, &orig, 0).is_err() {
+        count(Stat::MapUpdateFailed);
+        return;
+    }
+    count(Stat::Recorded);
+}

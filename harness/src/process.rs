@@ -1,0 +1,102 @@
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::Netns;
+
+/// What a process run by [`run_in`] did.
+#[derive(Debug)]
+pub struct Output {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The process outlived its deadline and was killed.
+    pub timed_out: bool,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs `cmd` inside the network namespace `netns` and the cgroup `cgroup` (either optional),
+/// killing it after `timeout`. The process joins both before `exec`, so everything it does,
+/// from its first instruction, happens there.
+pub fn run_in(
+    netns: Option<&Netns>,
+    cgroup: Option<&Path>,
+    mut cmd: Command,
+    timeout: Duration,
+) -> io::Result<Output> {
+    let ns_file = netns.map(|ns| File::open(ns.path())).transpose()?;
+    let procs = cgroup
+        .map(|cg| OpenOptions::new().write(true).open(cg.join("cgroup.procs")))
+        .transpose()?;
+    let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+    // (setns, write) on descriptors opened beforehand.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = procs_fd {
+                // Writing "0" moves the writing process itself.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = ns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Its own process group, so a timeout kills its children too (they hold the pipes).
+    cmd.process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            // SAFETY: signals the process group we created for the child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+        timed_out,
+    })
+}

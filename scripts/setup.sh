@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs what building and testing Cedille needs on a Debian 12 machine, skipping what is
+# already present. Safe to run again; quick when everything is there.
+set -euo pipefail
+
+LLVM_MAJOR=22
+NIGHTLY="${CEDILLE_NIGHTLY:-nightly}"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Debian packages: LLVM 22 for bpf-linker, iproute2 for the privileged test harness,
+# nginx/haproxy/wrk for the benchmarks, pkg-config/cmake/clang for -sys crates.
+APT_PACKAGES=(
+  "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
+  iproute2 curl pkg-config cmake clang
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages present"
+fi
+
+# The nightly toolchain (image-provided) needs rust-src for -Z build-std=core.
+if ! rustup toolchain list | grep -q "^${NIGHTLY}"; then
+  log "installing toolchain ${NIGHTLY}"
+  rustup toolchain install "${NIGHTLY}" --profile minimal
+fi
+if ! rustup component list --toolchain "${NIGHTLY}" --installed | grep -q '^rust-src'; then
+  log "adding rust-src to ${NIGHTLY}"
+  rustup component add rust-src --toolchain "${NIGHTLY}"
+else
+  log "rust-src present on ${NIGHTLY}"
+fi
+nightly_llvm=$(rustc "+${NIGHTLY}" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+if [ "${nightly_llvm}" != "${LLVM_MAJOR}" ]; then
+  log "error: ${NIGHTLY} uses LLVM ${nightly_llvm}, bpf-linker is built for LLVM ${LLVM_MAJOR}"
+  exit 1
+fi
+
+# bpf-linker must be linked against the same LLVM major as nightly's rustc.
+export PATH="${HOME}/.cargo/bin:${PATH}"
+linked_llvm() { ldd "$(command -v bpf-linker)" 2>/dev/null | grep -o 'libLLVM[.-]so[.]*[0-9]*\|libLLVM-[0-9]*' | grep -o '[0-9][0-9]*' | head -1; }
+if ! command -v bpf-linker >/dev/null 2>&1 || [ "$(linked_llvm)" != "${LLVM_MAJOR}" ]; then
+  log "building bpf-linker against LLVM ${LLVM_MAJOR} (takes a few minutes)"
+  env "LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}" "LLVM_SYS_${LLVM_MAJOR}1_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}" \
+    cargo install --locked bpf-linker@0.13.0 --no-default-features --features "llvm-${LLVM_MAJOR}"
+else
+  log "bpf-linker present: $(bpf-linker --version), LLVM $(linked_llvm)"
+fi
+
+# cargo-deny checks advisories, licences and bans in the test command.
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  log "installing cargo-deny"
+  cargo install --locked cargo-deny@0.20.2
+else
+  log "cargo-deny present"
+fi
+log "done"

@@ -1,0 +1,49 @@
+//! `cargo xtask`: builds the eBPF programs, runs the whole test suite (privileged tests
+//! included) and the benchmarks.
+
+mod ebpf;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Cedille build, test and benchmark driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF programs (nightly + bpf-linker) and print the object's path.
+    BuildEbpf,
+    /// Build release binaries of the agent (with its eBPF object embedded) and the gateway.
+    Build,
+    /// fmt, clippy, cargo-deny, unit tests, then the privileged tests (root).
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::BuildEbpf => {
+            let obj = ebpf::build()?;
+            println!("{}", obj.display());
+            Ok(())
+        }
+        Cmd::Build => {
+            let obj = ebpf::build()?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "cedille-agent",
+                "-p",
+                "cedille-gateway",
+            ])
+            .env(ebpf::OBJECT_ENV, &obj)
+            .run()
+        }
+        Cmd::Test(args) => test::run(args),
+    }
+}

@@ -1,0 +1,108 @@
+use anyhow::bail;
+use clap::Args;
+
+use crate::{
+    ebpf,
+    util::{Cmd, TestTotals, cargo, in_ci, is_root},
+};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip the privileged (root, eBPF, network namespace) tests. Refused when CI=true.
+    #[arg(long)]
+    no_privileged: bool,
+}
+
+/// The whole suite. Every `#[ignore]`d test in the workspace is a privileged test: plain
+/// `cargo test` lists it as ignored, and this runs it as root with `--ignored`.
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    if args.no_privileged && in_ci() {
+        bail!("--no-privileged is refused with CI=true: CI must run the privileged tests");
+    }
+    cargo(&["fmt", "--all", "--check"]).run()?;
+    let obj = ebpf::build()?;
+    // Every later step sees the same object, so the agent is compiled once.
+    let with_obj = |c: Cmd| c.env(ebpf::OBJECT_ENV, &obj);
+    with_obj(cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .run()?;
+    deny()?;
+    let mut unit = TestTotals::default();
+    with_obj(cargo(&["test", "--workspace"])).run_tests(&mut unit)?;
+
+    if !is_root() {
+        if in_ci() {
+            bail!(
+                "privileged tests cannot run: not root. CI=true makes this a failure; run CI as root"
+            );
+        }
+        if args.no_privileged {
+            eprintln!("xtask: WARNING: privileged tests SKIPPED (--no-privileged, not root)");
+            return summary(&unit, None);
+        }
+        bail!(
+            "privileged tests need root: run `sudo -E cargo xtask test`, or pass --no-privileged to skip them knowingly"
+        );
+    }
+    if args.no_privileged {
+        eprintln!("xtask: WARNING: privileged tests SKIPPED (--no-privileged)");
+        return summary(&unit, None);
+    }
+    let mut privileged = TestTotals::default();
+    with_obj(cargo(&["test", "--workspace", "--tests"]))
+        .args(&["--", "--ignored", "--test-threads=1"])
+        .run_tests(&mut privileged)?;
+    if privileged.passed == 0 {
+        bail!("no privileged test ran: the privileged stage must not pass empty");
+    }
+    summary(&unit, Some(&privileged))
+}
+
+/// The closing line CI reads: `N passed, N failed` over both stages.
+fn summary(unit: &TestTotals, privileged: Option<&TestTotals>) -> anyhow::Result<()> {
+    let p = privileged.map_or(0, |t| t.passed);
+    let f = unit.failed + privileged.map_or(0, |t| t.failed);
+    eprintln!(
+        "xtask: fmt, clippy, deny ok; unit tests {} passed; privileged tests {}",
+        unit.passed,
+        privileged.map_or("SKIPPED".to_owned(), |t| format!("{} passed", t.passed)),
+    );
+    println!("{} passed, {f} failed", unit.passed + p);
+    Ok(())
+}
+
+/// Licences, bans and sources always; advisories when the RustSec database can be fetched
+/// (it lives on GitHub, which some build machines cannot reach).
+fn deny() -> anyhow::Result<()> {
+    cargo(&[
+        "deny",
+        "--all-features",
+        "check",
+        "bans",
+        "licenses",
+        "sources",
+    ])
+    .run()?;
+    match cargo(&["deny", "fetch", "db"]).run() {
+        Ok(()) => cargo(&[
+            "deny",
+            "--all-features",
+            "check",
+            "--disable-fetch",
+            "advisories",
+        ])
+        .run(),
+        Err(e) => {
+            eprintln!(
+                "xtask: WARNING: advisories NOT CHECKED: the RustSec advisory database could not be fetched ({e})"
+            );
+            Ok(())
+        }
+    }
+}
