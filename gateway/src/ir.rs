@@ -1,0 +1,348 @@
+//! The routing snapshot: an immutable, fully resolved description of what every bound
+//! socket serves. Translation builds it; the data plane swaps it in atomically, and requests
+//! in flight finish on the snapshot they started with.
+
+use std::{
+    collections::BTreeMap, collections::HashMap, net::SocketAddr, sync::Arc, time::Duration,
+};
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+
+#[derive(Default)]
+pub struct Snapshot {
+    /// Every socket to bind, with what it serves.
+    pub ports: BTreeMap<SocketAddr, Arc<PortConfig>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+pub struct PortConfig {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// Listeners sharing this socket, most specific hostname first.
+    pub listeners: Vec<Arc<IrListener>>,
+}
+
+impl PortConfig {
+    /// The listener a hostname (Host header or SNI) selects: the most specific match.
+    pub fn listener_for(&self, host: Option<&str>) -> Option<&Arc<IrListener>> {
+        self.listeners.iter().find(|l| match (&l.hostname, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(pattern), Some(h)) => hostname_matches(pattern, h),
+        })
+    }
+}
+
+/// Whether `host` (lowercase, no port) matches a listener or route hostname pattern.
+pub fn hostname_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        // "*.example.com" matches any name with at least one more label.
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// Identity of a Gateway listener, for status, logs and metric labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ListenerId {
+    pub namespace: String,
+    pub gateway: String,
+    pub listener: String,
+}
+
+pub struct IrListener {
+    pub id: ListenerId,
+    pub port: u16,
+    pub hostname: Option<String>,
+    /// Certificates for HTTPS, in the order of `certificateRefs` (the first usable one is
+    /// served, which with several key types lets rustls pick per client).
+    pub certs: Vec<Arc<CertifiedKey>>,
+    pub vhosts: VirtualHosts,
+}
+
+#[derive(Default)]
+pub struct VirtualHosts {
+    pub exact: HashMap<String, Arc<VirtualHost>>,
+    /// `(suffix with leading dot, host)`, longest suffix first.
+    pub wildcard: Vec<(String, Arc<VirtualHost>)>,
+    pub any: Option<Arc<VirtualHost>>,
+}
+
+impl VirtualHosts {
+    /// The most specific virtual host for `host`: exact, then longest wildcard, then the
+    /// catch-all. There is no fall-through to a less specific one.
+    pub fn find(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        for (suffix, v) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                return Some(v);
+            }
+        }
+        self.any.as_ref()
+    }
+}
+
+#[derive(Default)]
+pub struct VirtualHost {
+    /// Matches in precedence order; the first that matches wins.
+    pub entries: Vec<RouteEntry>,
+}
+
+pub struct RouteEntry {
+    pub matcher: Matcher,
+    pub rule: Arc<Rule>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    /// Normalised: no trailing slash except for "/" itself.
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                p == "/"
+                    || (path.starts_with(p.as_str())
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => e == v,
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub path: PathMatch,
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+}
+
+/// Where a rule's traffic comes from, for status, logs and metric labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RouteId {
+    pub namespace: String,
+    pub name: String,
+    pub parent_namespace: String,
+    pub parent_name: String,
+}
+
+#[derive(Clone)]
+pub struct Rule {
+    pub route: RouteId,
+    pub index: usize,
+    pub name: Option<String>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<Backend>,
+    /// Sum of backend weights; 0 with backends present means every backend has weight 0.
+    pub total_weight: u64,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub codes: Vec<u16>,
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+#[derive(Clone)]
+pub struct HeaderEdit {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Clone)]
+pub enum PathRewrite {
+    Full(String),
+    /// Replace the part matched by the rule's PathPrefix with this.
+    Prefix(String),
+}
+
+#[derive(Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+#[derive(Clone)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<u32>,
+}
+
+#[derive(Clone)]
+pub enum Filter {
+    RequestHeaders(HeaderEdit),
+    ResponseHeaders(HeaderEdit),
+    Redirect(Redirect),
+    Rewrite {
+        hostname: Option<String>,
+        path: Option<PathRewrite>,
+    },
+    Mirror {
+        target: Arc<Target>,
+        /// Share of requests mirrored, as numerator / denominator.
+        numerator: u32,
+        denominator: u32,
+    },
+    Cors(Cors),
+}
+
+#[derive(Clone)]
+pub struct Backend {
+    pub weight: u32,
+    pub kind: BackendKind,
+    /// Filters on this backendRef, applied after the rule's.
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Clone)]
+pub enum BackendKind {
+    /// A resolved Service port.
+    Service(Arc<Target>),
+    /// An invalid reference: requests that pick it get a 500.
+    Invalid,
+}
+
+/// A Service port resolved to its ready endpoints.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub h2c: bool,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Snapshot {
+    /// The effective routing table as JSON, for `/config`.
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let ports: Vec<_> = self
+            .ports
+            .values()
+            .map(|p| {
+                let listeners: Vec<_> = p
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        let mut hosts: Vec<(String, &Arc<VirtualHost>)> =
+                            l.vhosts.exact.iter().map(|(h, v)| (h.clone(), v)).collect();
+                        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+                        hosts.extend(l.vhosts.wildcard.iter().map(|(s, v)| (format!("*{s}"), v)));
+                        hosts.extend(l.vhosts.any.iter().map(|v| ("*".to_owned(), v)));
+                        let vhosts: Vec<_> = hosts
+                            .into_iter()
+                            .map(|(h, v)| json!({"host": h, "routes": v.entries.iter().map(describe_entry).collect::<Vec<_>>()}))
+                            .collect();
+                        json!({
+                            "gateway": format!("{}/{}", l.id.namespace, l.id.gateway),
+                            "listener": l.id.listener,
+                            "hostname": l.hostname,
+                            "certificates": l.certs.len(),
+                            "virtualHosts": vhosts,
+                        })
+                    })
+                    .collect();
+                json!({"address": p.addr.to_string(), "protocol": p.protocol, "listeners": listeners})
+            })
+            .collect();
+        json!({ "sockets": ports })
+    }
+}
+
+fn describe_entry(e: &RouteEntry) -> serde_json::Value {
+    use serde_json::json;
+    let m = &e.matcher;
+    let path = match &m.path {
+        PathMatch::Exact(p) => json!({"exact": p}),
+        PathMatch::Prefix(p) => json!({"prefix": p}),
+        PathMatch::Regex(r) => json!({"regex": r.as_str()}),
+    };
+    let backends: Vec<_> = e
+        .rule
+        .backends
+        .iter()
+        .map(|b| match &b.kind {
+            BackendKind::Service(t) => json!({"weight": b.weight, "service": format!("{}/{}", t.namespace, t.service), "port": t.port, "h2c": t.h2c, "endpoints": t.endpoints}),
+            BackendKind::Invalid => json!({"weight": b.weight, "invalid": true}),
+        })
+        .collect();
+    json!({
+        "route": format!("{}/{}", e.rule.route.namespace, e.rule.route.name),
+        "rule": e.rule.index,
+        "path": path,
+        "method": m.method.as_ref().map(|x| x.as_str()),
+        "headers": m.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        "queryParams": m.query.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        "filters": e.rule.filters.len(),
+        "backends": backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let p = PathMatch::Prefix("/foo".into());
+        assert!(p.matches("/foo"));
+        assert!(p.matches("/foo/"));
+        assert!(p.matches("/foo/bar"));
+        assert!(!p.matches("/foobar"));
+        assert!(!p.matches("/fo"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn wildcard_needs_an_extra_label() {
+        assert!(hostname_matches("*.example.com", "a.example.com"));
+        assert!(hostname_matches("*.example.com", "a.b.example.com"));
+        assert!(!hostname_matches("*.example.com", "example.com"));
+        assert!(hostname_matches("example.com", "example.com"));
+        assert!(!hostname_matches("example.com", "a.example.com"));
+    }
+}

@@ -1,0 +1,88 @@
+//! The Kubernetes objects the gateway reads, as serde types. Only the fields the gateway
+//! uses are modelled; unknown fields are ignored like a client of a newer API server would.
+
+pub mod core;
+pub mod gwapi;
+pub mod meta;
+
+pub use meta::{Kind, ObjKey, ObjectMeta};
+
+/// Group of the Gateway API kinds.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The controller name this gateway serves.
+pub const CONTROLLER_NAME: &str = "cedille.io/gateway-controller";
+
+/// One object of a kind the gateway understands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    GatewayClass(gwapi::GatewayClass),
+    Gateway(gwapi::Gateway),
+    HttpRoute(gwapi::HttpRoute),
+    ReferenceGrant(gwapi::ReferenceGrant),
+    Secret(core::Secret),
+    Service(core::Service),
+    EndpointSlice(core::EndpointSlice),
+    Namespace(core::Namespace),
+}
+
+impl Object {
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::ReferenceGrant(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Secret(_) => Kind::Secret,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+
+    pub fn key(&self) -> ObjKey {
+        let m = self.meta();
+        ObjKey::new(self.kind(), m.namespace.as_deref().unwrap_or(""), &m.name)
+    }
+
+    /// The part of the object whose change bumps `metadata.generation` (the spec, or the
+    /// data for kinds without one), serialised for comparison.
+    pub fn spec_fingerprint(&self) -> String {
+        let v = match self {
+            Object::GatewayClass(o) => serde_json::to_string(&o.spec),
+            Object::Gateway(o) => serde_json::to_string(&o.spec),
+            Object::HttpRoute(o) => serde_json::to_string(&o.spec),
+            Object::ReferenceGrant(o) => serde_json::to_string(&o.spec),
+            Object::Secret(o) => serde_json::to_string(&(&o.type_, &o.data, &o.string_data)),
+            Object::Service(o) => serde_json::to_string(&o.spec),
+            Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
+            Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
+        };
+        v.unwrap_or_default()
+    }
+}

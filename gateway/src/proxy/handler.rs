@@ -1,0 +1,537 @@
+//! One request: pick the listener and virtual host, find the first matching route entry,
+//! apply its filters, and forward to a backend with the rule's timeouts and retries.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::{debug, info};
+
+use super::{Body, BoxError, empty, full, headers, upstream::Upstreams};
+use crate::{
+    ir::{self, BackendKind, Filter, PathMatch, PathRewrite, PortConfig, Protocol, RouteEntry},
+    metrics::Metrics,
+};
+
+/// Largest request body buffered for retries and mirrors.
+const MAX_BUFFERED_BODY: usize = 4 << 20;
+/// How long a mirrored request may take before it is abandoned.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Shared {
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the connection a request arrived on knows.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub sni: Option<String>,
+}
+
+fn simple(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    port: Arc<PortConfig>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let Some(host) = headers::request_host(&req) else {
+        return simple(StatusCode::BAD_REQUEST, "missing Host header");
+    };
+    let Some(listener) = port.listener_for(Some(&host)) else {
+        return simple(StatusCode::NOT_FOUND, "no listener for this host");
+    };
+    if conn.tls {
+        let by_sni = port.listener_for(conn.sni.as_deref());
+        if !by_sni.is_some_and(|l| Arc::ptr_eq(l, listener)) {
+            return simple(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the Host does not match the TLS server name",
+            );
+        }
+    }
+    let Some(vhost) = listener.vhosts.find(&host) else {
+        return simple(StatusCode::NOT_FOUND, "no route for this host");
+    };
+    let query = parse_query(req.uri().query());
+    let Some(entry) = vhost
+        .entries
+        .iter()
+        .find(|e| matches(&e.matcher, &req, &query))
+    else {
+        return simple(StatusCode::NOT_FOUND, "no route matches");
+    };
+    let rule = entry.rule.clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let fut = process(&shared, &port, &conn, entry, req, host);
+    let resp = match rule.request_timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .unwrap_or_else(|_| simple(StatusCode::GATEWAY_TIMEOUT, "request timeout")),
+        None => fut.await,
+    };
+    shared
+        .metrics
+        .request(&rule.route, resp.status(), start.elapsed());
+    info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
+        route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
+        duration_ms = start.elapsed().as_secs_f64() * 1e3);
+    resp
+}
+
+fn matches(m: &ir::Matcher, req: &Request<Incoming>, query: &[(String, String)]) -> bool {
+    if !m.path.matches(req.uri().path()) {
+        return false;
+    }
+    if m.method.as_ref().is_some_and(|x| x != req.method()) {
+        return false;
+    }
+    for (name, v) in &m.headers {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.is_empty() || !v.matches(&values.join(",")) {
+            return false;
+        }
+    }
+    for (name, v) in &m.query {
+        // The first value of a repeated parameter is the one matched.
+        match query.iter().find(|(k, _)| k == name) {
+            Some((_, value)) if v.matches(value) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    let Some(q) = q else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Form-style percent decoding ('+' is a space), lossy on invalid UTF-8.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn process(
+    shared: &Arc<Shared>,
+    port: &PortConfig,
+    conn: &ConnInfo,
+    entry: &RouteEntry,
+    req: Request<Incoming>,
+    host: String,
+) -> Response<Body> {
+    let rule = &entry.rule;
+    let scheme = if port.protocol == Protocol::Https {
+        "https"
+    } else {
+        "http"
+    };
+
+    let cors = rule.filters.iter().find_map(|f| match f {
+        Filter::Cors(c) => Some(c),
+        _ => None,
+    });
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let (Some(c), Some(o)) = (cors, origin.as_deref())
+        && req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return super::cors::preflight(c, o, req.headers());
+    }
+
+    if let Some(redirect) = rule.filters.iter().find_map(|f| match f {
+        Filter::Redirect(r) => Some(r),
+        _ => None,
+    }) {
+        return redirect_response(
+            redirect,
+            &entry.matcher.path,
+            scheme,
+            &host,
+            port.addr.port(),
+            req.uri(),
+        );
+    }
+
+    // Weighted choice of backend; invalid or absent backends answer 500.
+    if rule.backends.is_empty() || rule.total_weight == 0 {
+        return simple(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the route rule has no usable backend",
+        );
+    }
+    let mut pick = rand::random_range(0..rule.total_weight);
+    let backend = rule
+        .backends
+        .iter()
+        .find(|b| {
+            let w = u64::from(b.weight);
+            if pick < w {
+                true
+            } else {
+                pick -= w;
+                false
+            }
+        })
+        .expect("pick < total weight");
+    let BackendKind::Service(target) = &backend.kind else {
+        return simple(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the backend reference is invalid; see the route's status",
+        );
+    };
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut authority = host.clone();
+    if let Some(orig) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        authority = orig.to_owned();
+    } else if let Some(a) = parts.uri.authority() {
+        authority = a.as_str().to_owned();
+    }
+    let filters = rule.filters.iter().chain(backend.filters.iter());
+    let mut response_edits = Vec::new();
+    let mut mirrors = Vec::new();
+    for f in filters {
+        match f {
+            Filter::RequestHeaders(e) => apply_edit(&mut parts.headers, e),
+            Filter::ResponseHeaders(e) => response_edits.push(e),
+            Filter::Rewrite { hostname, path } => {
+                if let Some(h) = hostname {
+                    authority = h.clone();
+                }
+                if let Some(p) = path {
+                    let query = parts
+                        .uri
+                        .query()
+                        .map(|q| format!("?{q}"))
+                        .unwrap_or_default();
+                    path_and_query = format!(
+                        "{}{query}",
+                        rewrite_path(p, &entry.matcher.path, parts.uri.path())
+                    );
+                }
+            }
+            Filter::Mirror {
+                target,
+                numerator,
+                denominator,
+            } => {
+                if *numerator >= *denominator || rand::random_range(0..*denominator) < *numerator {
+                    mirrors.push(target.clone());
+                }
+            }
+            Filter::Redirect(_) | Filter::Cors(_) => {}
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    append_forwarded(&mut parts.headers, conn, scheme);
+
+    // Bodies are buffered only when a retry or a mirror needs to send them again.
+    let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
+    let (buffered, mut streamed): (Option<Bytes>, Option<Body>) = if needs_copy {
+        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(c) => (Some(c.to_bytes()), None),
+            Err(_) => {
+                return simple(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large to retry or mirror",
+                );
+            }
+        }
+    } else {
+        (
+            None,
+            Some(body.map_err(|e| Box::new(e) as BoxError).boxed()),
+        )
+    };
+
+    for m in mirrors {
+        if let Some((addr, guard)) = shared.upstreams.pick(&m, None) {
+            let req = build(
+                &parts,
+                &path_and_query,
+                addr,
+                full(buffered.clone().unwrap_or_default()),
+            );
+            let shared = shared.clone();
+            // Mirrors are fire-and-forget; their outcome never affects the client.
+            tokio::spawn(async move {
+                let _guard = guard;
+                let sent = shared.upstreams.send(m.h2c, req);
+                if let Ok(Ok(resp)) = tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    let attempts = rule.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let mut last_addr = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some((addr, _guard)) = shared.upstreams.pick(target, last_addr) else {
+            return simple(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no ready endpoint for the backend Service",
+            );
+        };
+        last_addr = Some(addr);
+        let body = match (&buffered, streamed.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => empty(),
+        };
+        let req = build(&parts, &path_and_query, addr, body);
+        let sent = shared.upstreams.send(target.h2c, req);
+        let result = match rule.backend_timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let retry = rule.retry.as_ref().filter(|_| attempt < attempts);
+        let resp = match result {
+            Err(()) => {
+                if let Some(r) = retry.filter(|r| r.codes.contains(&504)) {
+                    tokio::time::sleep(r.backoff).await;
+                    continue;
+                }
+                return simple(StatusCode::GATEWAY_TIMEOUT, "backend request timeout");
+            }
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "upstream request failed");
+                let status = if e.is_connect() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                if let Some(r) =
+                    retry.filter(|r| e.is_connect() || r.codes.contains(&status.as_u16()))
+                {
+                    tokio::time::sleep(r.backoff).await;
+                    continue;
+                }
+                return simple(status, "upstream connection failed");
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        if let Some(r) = retry
+            && r.codes.contains(&resp.status().as_u16())
+        {
+            let _ = resp.into_body().collect().await;
+            tokio::time::sleep(r.backoff).await;
+            continue;
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        for e in &response_edits {
+            apply_edit(&mut rparts.headers, e);
+        }
+        if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
+            super::cors::decorate(c, o, &mut rparts.headers);
+        }
+        return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
+    }
+}
+
+fn build(
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    addr: SocketAddr,
+    body: Body,
+) -> Request<Body> {
+    let uri: Uri = format!("http://{addr}{path_and_query}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+fn apply_edit(h: &mut HeaderMap, e: &ir::HeaderEdit) {
+    for (n, v) in &e.set {
+        h.insert(n.clone(), v.clone());
+    }
+    for (n, v) in &e.add {
+        h.append(n.clone(), v.clone());
+    }
+    for n in &e.remove {
+        h.remove(n);
+    }
+}
+
+fn append_forwarded(h: &mut HeaderMap, conn: &ConnInfo, scheme: &'static str) {
+    let ip = conn.peer.ip().to_canonical().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+}
+
+/// The path after a URLRewrite or redirect path modifier.
+fn rewrite_path(p: &PathRewrite, matched: &PathMatch, path: &str) -> String {
+    match (p, matched) {
+        (PathRewrite::Full(full), _) => full.clone(),
+        (PathRewrite::Prefix(rep), PathMatch::Prefix(prefix)) => {
+            let rest = if prefix == "/" {
+                path
+            } else {
+                &path[prefix.len().min(path.len())..]
+            };
+            let rep = rep.trim_end_matches('/');
+            let joined = match (rep.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_owned(),
+                (true, false) => rest.to_owned(),
+                (false, _) if rest.is_empty() || rest.starts_with('/') => format!("{rep}{rest}"),
+                (false, _) => format!("{rep}/{rest}"),
+            };
+            if joined.is_empty() {
+                "/".into()
+            } else {
+                joined
+            }
+        }
+        (PathRewrite::Prefix(rep), _) => rep.clone(),
+    }
+}
+
+fn redirect_response(
+    r: &ir::Redirect,
+    matched: &PathMatch,
+    scheme: &str,
+    host: &str,
+    listener_port: u16,
+    uri: &Uri,
+) -> Response<Body> {
+    let new_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let new_host = r.hostname.as_deref().unwrap_or(host);
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        // A scheme change without a port goes to that scheme's well-known port.
+        (None, Some(_)) => None,
+        (None, None) => Some(listener_port),
+    };
+    let default = if new_scheme == "https" { 443 } else { 80 };
+    let port = port
+        .filter(|p| *p != default)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let path = match &r.path {
+        Some(p) => rewrite_path(p, matched, uri.path()),
+        None => uri.path().to_owned(),
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let location = format!("{new_scheme}://{new_host}{port}{path}{query}");
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites() {
+        let m = PathMatch::Prefix("/prefix/one".into());
+        let rw = |rep: &str, path: &str| rewrite_path(&PathRewrite::Prefix(rep.into()), &m, path);
+        assert_eq!(rw("/one", "/prefix/one/two"), "/one/two");
+        assert_eq!(rw("/", "/prefix/one/two"), "/two");
+        assert_eq!(rw("/", "/prefix/one"), "/");
+        assert_eq!(rw("/one/", "/prefix/one"), "/one");
+        let root = PathMatch::Prefix("/".into());
+        assert_eq!(
+            rewrite_path(&PathRewrite::Prefix("/x".into()), &root, "/a/b"),
+            "/x/a/b"
+        );
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            parse_query(Some("a=b%20c&d=e+f&g")),
+            vec![
+                ("a".into(), "b c".into()),
+                ("d".into(), "e f".into()),
+                ("g".into(), "".into())
+            ]
+        );
+        assert_eq!(decode("%zz%4"), "%zz%4");
+    }
+}

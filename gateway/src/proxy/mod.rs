@@ -1,0 +1,24 @@
+//! The data plane: bound sockets, connections, request handling and upstreams.
+
+pub mod conn;
+mod cors;
+mod handler;
+mod headers;
+pub mod runtime;
+mod tls;
+pub mod upstream;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type used on both sides of the proxy.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}

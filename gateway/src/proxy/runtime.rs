@@ -1,0 +1,147 @@
+//! The sockets the snapshot asks for. Applying a snapshot binds new sockets, swaps the
+//! listener table of existing ones (in-flight requests keep the table they started with) and
+//! stops accepting on sockets no longer wanted; open connections on those finish normally.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use super::{
+    conn::{Acceptor, Limits},
+    handler::Shared,
+    tls,
+    upstream::Upstreams,
+};
+use crate::{ir::Snapshot, metrics::Metrics};
+
+struct Bound {
+    config: Arc<ArcSwap<crate::ir::PortConfig>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
+    graceful: Arc<Mutex<Option<GracefulShutdown>>>,
+    ports: tokio::sync::Mutex<BTreeMap<SocketAddr, Bound>>,
+    max_connections: usize,
+}
+
+impl DataPlane {
+    pub fn new(metrics: Arc<Metrics>, limits: Limits, max_connections: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                upstreams: Upstreams::new(),
+                metrics,
+            }),
+            limits,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            graceful: Arc::new(Mutex::new(Some(GracefulShutdown::new()))),
+            ports: tokio::sync::Mutex::new(BTreeMap::new()),
+            max_connections,
+        }
+    }
+
+    /// Makes the bound sockets match `snap`. Returns the sockets that could not be bound.
+    pub async fn apply(&self, snap: &Snapshot) -> Vec<(SocketAddr, io::Error)> {
+        let mut ports = self.ports.lock().await;
+        let mut failed = Vec::new();
+        let gone: Vec<SocketAddr> = ports
+            .keys()
+            .filter(|a| !snap.ports.contains_key(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(b) = ports.remove(&addr) {
+                let _ = b.stop.send(true);
+                let _ = b.task.await;
+                info!(%addr, "stopped listening");
+            }
+        }
+        for (addr, cfg) in &snap.ports {
+            if let Some(b) = ports.get(addr) {
+                b.config.store(cfg.clone());
+                continue;
+            }
+            let listener = match bind(*addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot listen; the Gateway listeners on this address do not serve");
+                    failed.push((*addr, e));
+                    continue;
+                }
+            };
+            let config = Arc::new(ArcSwap::new(cfg.clone()));
+            let acceptor = Arc::new(Acceptor {
+                port: config.clone(),
+                shared: self.shared.clone(),
+                tls: tls::server_config(config.clone()).into(),
+                limits: self.limits.clone(),
+                connections: self.connections.clone(),
+                graceful: self.graceful.clone(),
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(acceptor.run(listener, stop_rx));
+            info!(%addr, protocol = ?cfg.protocol, "listening");
+            ports.insert(*addr, Bound { config, stop, task });
+        }
+        self.shared.metrics.set_bound_sockets(ports.len());
+        failed
+    }
+
+    pub async fn bound(&self) -> Vec<SocketAddr> {
+        self.ports.lock().await.keys().copied().collect()
+    }
+
+    /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1
+    /// `Connection: close` after the current response) and waits up to `deadline`. Returns
+    /// whether every connection finished in time.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let mut ports = self.ports.lock().await;
+        for (_, b) in std::mem::take(&mut *ports) {
+            let _ = b.stop.send(true);
+            let _ = b.task.await;
+        }
+        let graceful = self
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(graceful) = graceful else {
+            return true;
+        };
+        let open = self.max_connections - self.connections.available_permits();
+        info!(open_connections = open, ?deadline, "draining");
+        tokio::time::timeout(deadline, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

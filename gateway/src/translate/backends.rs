@@ -1,0 +1,133 @@
+//! Resolving backendRefs to Service ports and their ready endpoints.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use super::Ctx;
+use crate::{
+    ir::Target,
+    model::{
+        GATEWAY_GROUP, Kind, Object,
+        core::{EndpointSlice, SERVICE_NAME_LABEL, Service},
+        gwapi::BackendObjectReference,
+    },
+    store::Store,
+};
+
+/// EndpointSlices by (namespace, service name).
+pub(crate) type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+
+pub(crate) fn index(store: &Store) -> SliceIndex<'_> {
+    let mut idx: SliceIndex<'_> = HashMap::new();
+    for s in store.kind(Kind::EndpointSlice) {
+        if let Object::EndpointSlice(es) = s.object.as_ref()
+            && let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL)
+        {
+            idx.entry((es.metadata.ns(), svc.as_str()))
+                .or_default()
+                .push(es);
+        }
+    }
+    idx
+}
+
+/// Why a reference does not resolve: `(ResolvedRefs reason, message)`.
+pub(crate) type RefError = (&'static str, String);
+
+pub(crate) fn resolve(
+    ctx: &Ctx<'_>,
+    route_ns: &str,
+    r: &BackendObjectReference,
+) -> Result<Arc<Target>, RefError> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    let ns = r.namespace.as_deref().unwrap_or(route_ns);
+    if !group.is_empty() || kind != "Service" {
+        return Err((
+            "InvalidKind",
+            format!("backendRef {group}/{kind} {ns}/{} is not a Service", r.name),
+        ));
+    }
+    if !ctx.ref_allowed(
+        (GATEWAY_GROUP, "HTTPRoute", route_ns),
+        ("", "Service", ns, &r.name),
+    ) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "Service {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                r.name
+            ),
+        ));
+    }
+    let Some(Object::Service(svc)) = ctx.store.get_obj(Kind::Service, ns, &r.name) else {
+        return Err((
+            "BackendNotFound",
+            format!("Service {ns}/{} does not exist", r.name),
+        ));
+    };
+    let Some(port) = r.port else {
+        return Err((
+            "BackendNotFound",
+            format!("backendRef to Service {ns}/{} has no port", r.name),
+        ));
+    };
+    let Some(sp) = svc.spec.ports.iter().find(|p| p.port == port) else {
+        return Err((
+            "BackendNotFound",
+            format!("Service {ns}/{} has no port {port}", r.name),
+        ));
+    };
+    let h2c = match sp.app_protocol.as_deref() {
+        None | Some("http" | "kubernetes.io/ws") => false,
+        Some("kubernetes.io/h2c") => true,
+        Some(other) => {
+            return Err((
+                "UnsupportedProtocol",
+                format!(
+                    "Service {ns}/{} port {port} has appProtocol {other}, which is not supported",
+                    r.name
+                ),
+            ));
+        }
+    };
+    Ok(Arc::new(Target {
+        namespace: ns.to_owned(),
+        service: r.name.clone(),
+        port: port as u16,
+        h2c,
+        endpoints: endpoints(ctx, svc, sp.name.as_deref()),
+    }))
+}
+
+/// Ready endpoint addresses of a Service port, from its EndpointSlices.
+fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    let port_name = port_name.unwrap_or("");
+    let Some(slices) = ctx
+        .slices
+        .get(&(svc.metadata.ns(), svc.metadata.name.as_str()))
+    else {
+        return out;
+    };
+    for es in slices {
+        let Some(port) = es
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in es.endpoints.iter().filter(|e| e.ready()) {
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse() {
+                    let addr = SocketAddr::new(ip, port as u16);
+                    if !out.contains(&addr) {
+                        out.push(addr);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,557 @@
+//! GatewayClasses, Gateways and their listeners: validation, certificates, conflicts,
+//! status, and finally the per-socket listener table of the snapshot.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use rustls::sign::CertifiedKey;
+
+use super::{
+    Ctx, hostnames,
+    routes::RouteResult,
+    status::{
+        Conditions, Entry, GatewayClassStatus, GatewayStatus, GatewayStatusAddress, ListenerStatus,
+        StatusReport, SupportedKind,
+    },
+};
+use crate::{
+    ir::{IrListener, ListenerId, PortConfig, Protocol, Snapshot, VirtualHosts},
+    model::{CONTROLLER_NAME, GATEWAY_GROUP, Kind, Object, gwapi},
+};
+
+pub(crate) struct GatewayState<'a> {
+    pub namespace: String,
+    pub name: String,
+    pub gateway: &'a gwapi::Gateway,
+    pub age: (&'a str, u64),
+    pub conditions: Conditions,
+    pub addresses: Vec<IpAddr>,
+    pub listeners: Vec<ListenerState<'a>>,
+}
+
+pub(crate) struct ListenerState<'a> {
+    pub spec: &'a gwapi::Listener,
+    /// `None` when the protocol is not supported.
+    pub protocol: Option<Protocol>,
+    pub kinds: Vec<SupportedKind>,
+    pub conditions: Conditions,
+    pub certs: Vec<Arc<CertifiedKey>>,
+    pub attached_routes: i32,
+    /// Rules attached to this listener, per effective hostname (`None` = any).
+    pub entries: Vec<(Option<String>, Arc<super::routes::BuiltRoute>)>,
+}
+
+impl ListenerState<'_> {
+    /// Routes may attach: the listener itself was accepted.
+    pub fn accepts_routes(&self) -> bool {
+        self.conditions.get("Accepted") == Some(true)
+    }
+
+    fn programmed(&self) -> bool {
+        self.conditions.get("Programmed") == Some(true)
+    }
+}
+
+pub(crate) struct Gateways<'a> {
+    pub classes: BTreeMap<String, Entry<GatewayClassStatus>>,
+    pub gateways: BTreeMap<(String, String), GatewayState<'a>>,
+}
+
+pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
+    let mut classes = BTreeMap::new();
+    for stored in ctx.store.kind(Kind::GatewayClass) {
+        let Object::GatewayClass(c) = stored.object.as_ref() else {
+            continue;
+        };
+        if c.spec.controller_name != CONTROLLER_NAME {
+            continue;
+        }
+        let mut conds = Conditions::default();
+        if c.spec.parameters_ref.is_some() {
+            conds.set(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "cedille-gateway takes no parameters",
+            );
+        } else {
+            conds.set(
+                "Accepted",
+                true,
+                "Accepted",
+                "accepted by cedille.io/gateway-controller",
+            );
+        }
+        conds.set(
+            "SupportedVersion",
+            true,
+            "SupportedVersion",
+            "Gateway API v1.6 CRDs are supported",
+        );
+        let prev = ctx
+            .prev
+            .and_then(|p| p.gateway_classes.get(&c.metadata.name))
+            .map(|e| e.status.conditions.as_slice());
+        let generation = c.metadata.generation;
+        classes.insert(
+            c.metadata.name.clone(),
+            Entry {
+                namespace: String::new(),
+                name: c.metadata.name.clone(),
+                generation,
+                status: GatewayClassStatus {
+                    conditions: conds.finish(generation, prev, ctx.now),
+                },
+            },
+        );
+    }
+
+    let mut gateways = BTreeMap::new();
+    for stored in ctx.store.kind(Kind::Gateway) {
+        let Object::Gateway(g) = stored.object.as_ref() else {
+            continue;
+        };
+        if !classes.contains_key(&g.spec.gateway_class_name) {
+            continue;
+        }
+        let ns = g.metadata.ns().to_owned();
+        let mut state = GatewayState {
+            namespace: ns.clone(),
+            name: g.metadata.name.clone(),
+            gateway: g,
+            age: stored.age_key(),
+            conditions: Conditions::default(),
+            addresses: Vec::new(),
+            listeners: g
+                .spec
+                .listeners
+                .iter()
+                .map(|l| listener(ctx, &ns, l))
+                .collect(),
+        };
+        protocol_conflicts(&mut state.listeners);
+        gateway_conditions(&mut state);
+        gateways.insert((ns, g.metadata.name.clone()), state);
+    }
+    Gateways { classes, gateways }
+}
+
+fn listener<'a>(ctx: &Ctx<'a>, gw_ns: &str, spec: &'a gwapi::Listener) -> ListenerState<'a> {
+    let mut conds = Conditions::default();
+    let protocol = match spec.protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        _ => None,
+    };
+    let mut state = ListenerState {
+        spec,
+        protocol,
+        kinds: Vec::new(),
+        conditions: Conditions::default(),
+        certs: Vec::new(),
+        attached_routes: 0,
+        entries: Vec::new(),
+    };
+    if protocol.is_none() {
+        conds.set(
+            "Accepted",
+            false,
+            "UnsupportedProtocol",
+            format!(
+                "protocol {} is not supported; use HTTP or HTTPS",
+                spec.protocol
+            ),
+        );
+        conds.set("ResolvedRefs", true, "ResolvedRefs", "");
+        conds.set("Programmed", false, "Invalid", "listener is not accepted");
+        conds.set("Conflicted", false, "NoConflicts", "");
+        state.conditions = conds;
+        return state;
+    }
+    conds.set("Accepted", true, "Accepted", "");
+    conds.set("Conflicted", false, "NoConflicts", "");
+    let mut resolved: Result<(), (&str, String)> = Ok(());
+
+    // Route kinds.
+    let requested = spec
+        .allowed_routes
+        .as_ref()
+        .map(|a| a.kinds.as_slice())
+        .unwrap_or(&[]);
+    if requested.is_empty() {
+        state.kinds.push(SupportedKind {
+            group: GATEWAY_GROUP.into(),
+            kind: "HTTPRoute".into(),
+        });
+    } else {
+        for k in requested {
+            let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            if group == GATEWAY_GROUP && k.kind == "HTTPRoute" {
+                state.kinds.push(SupportedKind {
+                    group: group.into(),
+                    kind: k.kind.clone(),
+                });
+            } else if resolved.is_ok() {
+                resolved = Err((
+                    "InvalidRouteKinds",
+                    format!("route kind {group}/{} is not supported", k.kind),
+                ));
+            }
+        }
+    }
+
+    // Certificates.
+    if protocol == Some(Protocol::Https) {
+        let tls = spec.tls.as_ref();
+        let mode = tls.and_then(|t| t.mode.as_deref()).unwrap_or("Terminate");
+        let refs = tls.map(|t| t.certificate_refs.as_slice()).unwrap_or(&[]);
+        if mode != "Terminate" {
+            resolved = resolved.and(Err((
+                "InvalidCertificateRef",
+                format!("TLS mode {mode} is not supported on HTTPS listeners"),
+            )));
+        } else if refs.is_empty() {
+            resolved = resolved.and(Err((
+                "InvalidCertificateRef",
+                "an HTTPS listener needs tls.certificateRefs".to_owned(),
+            )));
+        }
+        for r in refs {
+            match certificate(ctx, gw_ns, r) {
+                Ok(ck) => state.certs.push(ck),
+                Err(e) => resolved = resolved.and(Err(e)),
+            }
+        }
+    }
+    match resolved {
+        Ok(()) => {
+            conds.set("ResolvedRefs", true, "ResolvedRefs", "");
+            conds.set("Programmed", true, "Programmed", "");
+        }
+        Err((reason, msg)) => {
+            conds.set("ResolvedRefs", false, reason, msg.clone());
+            // Invalid route kinds alone do not stop the listener serving the kinds it supports.
+            if reason == "InvalidRouteKinds" && !state.kinds.is_empty() {
+                conds.set("Programmed", true, "Programmed", "");
+            } else {
+                conds.set("Programmed", false, "Invalid", msg);
+            }
+        }
+    }
+    state.conditions = conds;
+    state
+}
+
+fn certificate(
+    ctx: &Ctx<'_>,
+    gw_ns: &str,
+    r: &gwapi::SecretObjectReference,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+    if !group.is_empty() || kind != "Secret" {
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "certificateRef {group}/{kind} {ns}/{} is not a Secret",
+                r.name
+            ),
+        ));
+    }
+    if !ctx.ref_allowed(
+        (GATEWAY_GROUP, "Gateway", gw_ns),
+        ("", "Secret", ns, &r.name),
+    ) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                r.name
+            ),
+        ));
+    }
+    let Some(Object::Secret(secret)) = ctx.store.get_obj(Kind::Secret, ns, &r.name) else {
+        return Err((
+            "InvalidCertificateRef",
+            format!("Secret {ns}/{} does not exist", r.name),
+        ));
+    };
+    super::tls::certified_key(secret).map_err(|e| {
+        (
+            "InvalidCertificateRef",
+            format!("Secret {ns}/{}: {e}", r.name),
+        )
+    })
+}
+
+/// Listeners of one Gateway on the same port with different protocols conflict.
+fn protocol_conflicts(listeners: &mut [ListenerState<'_>]) {
+    let mut by_port: HashMap<i32, Vec<Protocol>> = HashMap::new();
+    for l in listeners.iter() {
+        if let Some(p) = l.protocol {
+            by_port.entry(l.spec.port).or_default().push(p);
+        }
+    }
+    for l in listeners.iter_mut() {
+        let Some(ps) = by_port.get(&l.spec.port) else {
+            continue;
+        };
+        if ps.iter().any(|p| Some(*p) != l.protocol) {
+            l.conditions.set(
+                "Conflicted",
+                true,
+                "ProtocolConflict",
+                format!(
+                    "another listener on port {} uses a different protocol",
+                    l.spec.port
+                ),
+            );
+            l.conditions.set(
+                "Programmed",
+                false,
+                "Invalid",
+                "listener conflicts with another",
+            );
+        }
+    }
+}
+
+fn gateway_conditions(state: &mut GatewayState<'_>) {
+    let g = state.gateway;
+    let mut unsupported_address = None;
+    for a in &g.spec.addresses {
+        let t = a.type_.as_deref().unwrap_or("IPAddress");
+        if t != "IPAddress" {
+            unsupported_address = Some(format!("address type {t} is not supported; use IPAddress"));
+        } else if let Ok(ip) = a.value.parse() {
+            state.addresses.push(ip);
+        }
+    }
+    if state.addresses.is_empty() {
+        state.addresses.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    let c = &mut state.conditions;
+    let params = g
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.get("parametersRef"));
+    let valid = state
+        .listeners
+        .iter()
+        .filter(|l| l.accepts_routes())
+        .count();
+    if params.is_some() {
+        c.set(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            "spec.infrastructure.parametersRef: cedille-gateway takes no parameters",
+        );
+    } else if let Some(msg) = unsupported_address {
+        c.set("Accepted", false, "UnsupportedAddress", msg);
+    } else if valid == state.listeners.len() {
+        c.set("Accepted", true, "Accepted", "");
+    } else if valid > 0 {
+        c.set(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            "some listeners are not valid; see their status",
+        );
+    } else {
+        c.set(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid; see their status",
+        );
+    }
+}
+
+/// Builds the snapshot and the final statuses once routes have attached.
+pub(crate) fn finish(
+    ctx: &Ctx<'_>,
+    mut gws: Gateways<'_>,
+    routes: RouteResult,
+) -> (Snapshot, StatusReport) {
+    // Gateways sharing a socket are merged; on conflicts the oldest keeps the socket.
+    let mut order: Vec<&(String, String)> = gws.gateways.keys().collect();
+    order.sort_by_key(|k| (gws.gateways[*k].age, *k));
+    let order: Vec<(String, String)> = order.into_iter().cloned().collect();
+    let mut sockets: BTreeMap<SocketAddr, (Protocol, Vec<Arc<IrListener>>)> = BTreeMap::new();
+    for key in &order {
+        let gw = gws.gateways.get_mut(key).expect("key from map");
+        let gw_accepted = gw.conditions.get("Accepted") == Some(true);
+        for l in gw.listeners.iter_mut() {
+            let Some(protocol) = l.protocol else { continue };
+            if !gw_accepted || !l.programmed() {
+                continue;
+            }
+            let port = l.spec.port as u16;
+            let hostname = l.spec.hostname.clone();
+            let mut conflict = None;
+            for ip in &gw.addresses {
+                let addr = SocketAddr::new(*ip, port);
+                if let Some((p, existing)) = sockets.get(&addr) {
+                    if *p != protocol {
+                        conflict = Some((
+                            "ProtocolConflict",
+                            format!("{addr} is already served as {p:?} by another Gateway"),
+                        ));
+                    } else if existing.iter().any(|e| e.hostname == hostname) {
+                        conflict = Some((
+                            "HostnameConflict",
+                            format!("another Gateway's listener on {addr} has the same hostname"),
+                        ));
+                    }
+                }
+            }
+            if let Some((reason, msg)) = conflict {
+                l.conditions.set("Conflicted", true, reason, msg.clone());
+                l.conditions.set("Programmed", false, "Invalid", msg);
+                continue;
+            }
+            let listener = Arc::new(IrListener {
+                id: ListenerId {
+                    namespace: gw.namespace.clone(),
+                    gateway: gw.name.clone(),
+                    listener: l.spec.name.clone(),
+                },
+                port,
+                hostname,
+                certs: l.certs.clone(),
+                vhosts: vhosts(&l.entries),
+            });
+            for ip in &gw.addresses {
+                sockets
+                    .entry(SocketAddr::new(*ip, port))
+                    .or_insert_with(|| (protocol, Vec::new()))
+                    .1
+                    .push(listener.clone());
+            }
+        }
+    }
+    let mut snapshot = Snapshot::default();
+    for (addr, (protocol, mut listeners)) in sockets {
+        listeners.sort_by_key(|l| hostnames::specificity(l.hostname.as_deref()));
+        snapshot.ports.insert(
+            addr,
+            Arc::new(PortConfig {
+                addr,
+                protocol,
+                listeners,
+            }),
+        );
+    }
+
+    let mut report = StatusReport {
+        gateway_classes: std::mem::take(&mut gws.classes),
+        ..Default::default()
+    };
+    for ((ns, name), gw) in gws.gateways {
+        let prev = ctx
+            .prev
+            .and_then(|p| p.gateways.get(&format!("{ns}/{name}")));
+        let generation = gw.gateway.metadata.generation;
+        let programmed = gw.listeners.iter().any(|l| l.programmed());
+        let mut conds = gw.conditions;
+        if conds.get("Accepted") != Some(true) {
+            conds.set(
+                "Programmed",
+                false,
+                "Invalid",
+                "the Gateway is not accepted",
+            );
+        } else if programmed {
+            conds.set("Programmed", true, "Programmed", "");
+        } else {
+            conds.set(
+                "Programmed",
+                false,
+                "Invalid",
+                "no listener could be programmed",
+            );
+        }
+        let listeners = gw
+            .listeners
+            .into_iter()
+            .map(|l| {
+                let prev_l =
+                    prev.and_then(|p| p.status.listeners.iter().find(|pl| pl.name == l.spec.name));
+                ListenerStatus {
+                    name: l.spec.name.clone(),
+                    supported_kinds: l.kinds,
+                    attached_routes: l.attached_routes,
+                    conditions: l.conditions.finish(
+                        generation,
+                        prev_l.map(|p| p.conditions.as_slice()),
+                        ctx.now,
+                    ),
+                }
+            })
+            .collect();
+        let addresses = gw
+            .gateway
+            .spec
+            .addresses
+            .iter()
+            .filter(|a| {
+                a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress" && !a.value.is_empty()
+            })
+            .map(|a| GatewayStatusAddress {
+                type_: "IPAddress".into(),
+                value: a.value.clone(),
+            })
+            .collect();
+        report.gateways.insert(
+            format!("{ns}/{name}"),
+            Entry {
+                namespace: ns,
+                name,
+                generation,
+                status: GatewayStatus {
+                    addresses,
+                    conditions: conds.finish(
+                        generation,
+                        prev.map(|p| p.status.conditions.as_slice()),
+                        ctx.now,
+                    ),
+                    listeners,
+                },
+            },
+        );
+    }
+    report.http_routes = routes.statuses;
+    (snapshot, report)
+}
+
+/// Groups a listener's attached rules into virtual hosts, each in precedence order.
+fn vhosts(entries: &[(Option<String>, Arc<super::routes::BuiltRoute>)]) -> VirtualHosts {
+    let mut by_host: BTreeMap<Option<String>, Vec<&Arc<super::routes::BuiltRoute>>> =
+        BTreeMap::new();
+    for (host, route) in entries {
+        by_host.entry(host.clone()).or_default().push(route);
+    }
+    let mut out = VirtualHosts::default();
+    let mut wildcard = Vec::new();
+    for (host, routes) in by_host {
+        let vhost = Arc::new(super::routes::virtual_host(&routes));
+        match host {
+            None => out.any = Some(vhost),
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => wildcard.push((suffix.to_owned(), vhost)),
+                None => {
+                    out.exact.insert(h, vhost);
+                }
+            },
+        }
+    }
+    wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    out.wildcard = wildcard;
+    out
+}

@@ -1,0 +1,96 @@
+//! Translation: a pure function from the object store to a routing snapshot plus the status
+//! of every object. It never fails as a whole; every problem lands in some object's status.
+
+mod backends;
+mod gateways;
+pub mod hostnames;
+mod routes;
+pub mod status;
+mod tls;
+
+use crate::{
+    ir::Snapshot,
+    model::{Kind, Object, gwapi::ReferenceGrant},
+    store::Store,
+};
+pub use status::StatusReport;
+
+pub struct Output {
+    pub snapshot: Snapshot,
+    pub status: StatusReport,
+}
+
+/// Translates the store. `prev` is the previous status, whose lastTransitionTimes are kept
+/// for conditions that did not change; `now` stamps the others.
+pub fn translate(store: &Store, prev: Option<&StatusReport>, now: &str) -> Output {
+    let ctx = Ctx::new(store, prev, now);
+    let mut gws = gateways::translate(&ctx);
+    let routes = routes::translate(&ctx, &mut gws);
+    let (snapshot, mut status) = gateways::finish(&ctx, gws, routes);
+    status.invalid_manifests = store.errors();
+    Output { snapshot, status }
+}
+
+pub(crate) struct Ctx<'a> {
+    pub store: &'a Store,
+    pub prev: Option<&'a StatusReport>,
+    pub now: &'a str,
+    grants: Vec<&'a ReferenceGrant>,
+    pub slices: backends::SliceIndex<'a>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(store: &'a Store, prev: Option<&'a StatusReport>, now: &'a str) -> Self {
+        let grants = store
+            .kind(Kind::ReferenceGrant)
+            .filter_map(|s| match s.object.as_ref() {
+                Object::ReferenceGrant(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        Self {
+            store,
+            prev,
+            now,
+            grants,
+            slices: backends::index(store),
+        }
+    }
+
+    /// Whether a reference from a `from_kind` in `from_ns` to `to_kind` `to_ns/to_name` is
+    /// allowed: always within a namespace, across namespaces only with a ReferenceGrant in
+    /// the target namespace.
+    pub fn ref_allowed(
+        &self,
+        (from_group, from_kind, from_ns): (&str, &str, &str),
+        (to_group, to_kind, to_ns, to_name): (&str, &str, &str, &str),
+    ) -> bool {
+        if from_ns == to_ns {
+            return true;
+        }
+        self.grants.iter().any(|g| {
+            g.metadata.ns() == to_ns
+                && g.spec
+                    .from
+                    .iter()
+                    .any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_ns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name
+                            .as_deref()
+                            .is_none_or(|n| n.is_empty() || n == to_name)
+                })
+        })
+    }
+
+    pub fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
+        match self.store.get_obj(Kind::Namespace, "", ns) {
+            Some(Object::Namespace(n)) => n.metadata.labels.clone(),
+            _ => Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,509 @@
+//! HTTPRoutes: semantic checks, backend resolution, attachment to listeners (section name,
+//! port, allowed namespaces and kinds, hostnames), route status, and the precedence order of
+//! matches inside a virtual host.
+
+use std::{cmp::Reverse, collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::{
+    Ctx, backends,
+    gateways::Gateways,
+    hostnames,
+    status::{Conditions, Entry, RouteParentStatus, RouteStatus},
+};
+use crate::{
+    duration,
+    ir::{
+        self, Backend, BackendKind, Filter, Matcher, PathMatch, RouteEntry, RouteId, Rule,
+        ValueMatch,
+    },
+    model::{CONTROLLER_NAME, GATEWAY_GROUP, Kind, Object, gwapi},
+};
+
+/// A route's rules as attached through one parent Gateway.
+pub(crate) struct BuiltRoute {
+    age: (String, u64),
+    namespace: String,
+    name: String,
+    rules: Vec<(Arc<Rule>, Vec<Matcher>)>,
+}
+
+pub(crate) struct RouteResult {
+    pub statuses: BTreeMap<String, Entry<RouteStatus>>,
+}
+
+/// A route's rules before they are bound to a parent.
+struct Checked {
+    rules: Vec<(Rule, Vec<Matcher>)>,
+    /// First unresolved reference, for ResolvedRefs.
+    unresolved: Option<(&'static str, String)>,
+}
+
+pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
+    let mut statuses = BTreeMap::new();
+    for stored in ctx.store.kind(Kind::HttpRoute) {
+        let Object::HttpRoute(route) = stored.object.as_ref() else {
+            continue;
+        };
+        let ns = route.metadata.ns();
+        let checked = check(ctx, route);
+        let mut parents = Vec::new();
+        for pref in &route.spec.parent_refs {
+            let group = pref.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = pref.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let gw_ns = pref.namespace.as_deref().unwrap_or(ns);
+            let Some(gw) = gws.gateways.get_mut(&(gw_ns.to_owned(), pref.name.clone())) else {
+                continue;
+            };
+            let mut conds = Conditions::default();
+            let accepted = match &checked {
+                Err(msg) => Err(("UnsupportedValue", msg.clone())),
+                Ok(c) => attach(ctx, route, pref, gw, c, stored.age_key()),
+            };
+            match accepted {
+                Ok(()) => conds.set("Accepted", true, "Accepted", ""),
+                Err((reason, msg)) => conds.set("Accepted", false, reason, msg),
+            }
+            match checked.as_ref().ok().and_then(|c| c.unresolved.clone()) {
+                None => conds.set("ResolvedRefs", true, "ResolvedRefs", ""),
+                Some((reason, msg)) => conds.set("ResolvedRefs", false, reason, msg),
+            }
+            let key = format!("{ns}/{}", route.metadata.name);
+            let prev = ctx
+                .prev
+                .and_then(|p| p.http_routes.get(&key))
+                .and_then(|e| {
+                    e.status
+                        .parents
+                        .iter()
+                        .find(|p| &p.parent_ref == pref)
+                        .map(|p| p.conditions.as_slice())
+                });
+            parents.push(RouteParentStatus {
+                parent_ref: pref.clone(),
+                controller_name: CONTROLLER_NAME.to_owned(),
+                conditions: conds.finish(route.metadata.generation, prev, ctx.now),
+            });
+        }
+        if !parents.is_empty() {
+            statuses.insert(
+                format!("{ns}/{}", route.metadata.name),
+                Entry {
+                    namespace: ns.to_owned(),
+                    name: route.metadata.name.clone(),
+                    generation: route.metadata.generation,
+                    status: RouteStatus { parents },
+                },
+            );
+        }
+    }
+    RouteResult { statuses }
+}
+
+/// Attaches the route to the listeners `pref` selects. `Err` carries the Accepted reason.
+fn attach(
+    ctx: &Ctx<'_>,
+    route: &gwapi::HttpRoute,
+    pref: &gwapi::ParentReference,
+    gw: &mut super::gateways::GatewayState<'_>,
+    checked: &Checked,
+    age: (&str, u64),
+) -> Result<(), (&'static str, String)> {
+    let route_ns = route.metadata.ns();
+    let mut candidates: Vec<usize> = (0..gw.listeners.len())
+        .filter(|&i| {
+            let l = gw.listeners[i].spec;
+            pref.section_name.as_ref().is_none_or(|s| s == &l.name)
+                && pref.port.is_none_or(|p| p == l.port)
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            "no listener matches the parentRef's sectionName and port".into(),
+        ));
+    }
+    let ns_labels = ctx.namespace_labels(route_ns);
+    candidates.retain(|&i| {
+        let l = &gw.listeners[i];
+        l.accepts_routes()
+            && l.kinds.iter().any(|k| k.kind == "HTTPRoute")
+            && namespace_allowed(l.spec, &gw.namespace, route_ns, &ns_labels)
+    });
+    if candidates.is_empty() {
+        return Err((
+            "NotAllowedByListeners",
+            "no listener allows this route (allowedRoutes namespaces or kinds)".into(),
+        ));
+    }
+    let mut attached_any = false;
+    let parent = RouteId {
+        namespace: route_ns.to_owned(),
+        name: route.metadata.name.clone(),
+        parent_namespace: gw.namespace.clone(),
+        parent_name: gw.name.clone(),
+    };
+    let built = Arc::new(BuiltRoute {
+        age: (age.0.to_owned(), age.1),
+        namespace: route_ns.to_owned(),
+        name: route.metadata.name.clone(),
+        rules: checked
+            .rules
+            .iter()
+            .map(|(r, m)| {
+                let mut r = r.clone();
+                r.route = parent.clone();
+                (Arc::new(r), m.clone())
+            })
+            .collect(),
+    });
+    for i in candidates {
+        let l = &mut gw.listeners[i];
+        let hosts = hostnames::intersect(l.spec.hostname.as_deref(), &route.spec.hostnames);
+        if hosts.is_empty() {
+            continue;
+        }
+        attached_any = true;
+        l.attached_routes += 1;
+        for h in hosts {
+            l.entries.push((h, built.clone()));
+        }
+    }
+    if !attached_any {
+        return Err((
+            "NoMatchingListenerHostname",
+            "no listener hostname intersects the route's hostnames".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn namespace_allowed(
+    l: &gwapi::Listener,
+    gw_ns: &str,
+    route_ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let ns = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    match ns.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+        "All" => true,
+        "Same" => gw_ns == route_ns,
+        "Selector" => ns
+            .and_then(|n| n.selector.as_ref())
+            .is_some_and(|s| s.matches(labels)),
+        _ => false,
+    }
+}
+
+/// Semantic checks and resolution, independent of the parent. `Err` makes the route not
+/// Accepted with reason UnsupportedValue.
+fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
+    let ns = route.metadata.ns();
+    let mut unresolved = None;
+    let mut rules = Vec::new();
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let at = |f: &str| format!("spec.rules[{ri}].{f}");
+        let default_match = [gwapi::HttpRouteMatch::default()];
+        let matches = if rule.matches.is_empty() {
+            &default_match[..]
+        } else {
+            &rule.matches[..]
+        };
+        let matchers = matches
+            .iter()
+            .enumerate()
+            .map(|(mi, m)| {
+                matcher(m).map_err(|e| format!("{}: {e}", at(&format!("matches[{mi}]"))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rule_filters = filters(ctx, ns, &rule.filters, &mut unresolved)
+            .map_err(|e| format!("{}: {e}", at("filters")))?;
+        let mut backends_out = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let kind = match backends::resolve(ctx, ns, &b.backend) {
+                Ok(t) => BackendKind::Service(t),
+                Err(e) => {
+                    unresolved.get_or_insert(e);
+                    BackendKind::Invalid
+                }
+            };
+            let bf = filters(ctx, ns, &b.filters, &mut unresolved)
+                .map_err(|e| format!("{}: {e}", at(&format!("backendRefs[{bi}].filters"))))?;
+            backends_out.push(Backend {
+                weight: b.weight.unwrap_or(1).max(0) as u32,
+                kind,
+                filters: bf,
+            });
+        }
+        let total_weight = backends_out.iter().map(|b| u64::from(b.weight)).sum();
+        let timeout =
+            |v: Option<&String>| v.and_then(|s| duration::parse(s)).filter(|d| !d.is_zero());
+        let retry = rule.retry.as_ref().map(|r| ir::Retry {
+            codes: r.codes.clone(),
+            attempts: r.attempts.unwrap_or(1).max(0) as u32,
+            backoff: r
+                .backoff
+                .as_deref()
+                .and_then(duration::parse)
+                .unwrap_or(Duration::from_millis(25)),
+        });
+        let rule_ir = Rule {
+            route: RouteId {
+                namespace: ns.to_owned(),
+                name: route.metadata.name.clone(),
+                parent_namespace: String::new(),
+                parent_name: String::new(),
+            },
+            index: ri,
+            name: rule.name.clone(),
+            filters: rule_filters,
+            backends: backends_out,
+            total_weight,
+            request_timeout: timeout(rule.timeouts.as_ref().and_then(|t| t.request.as_ref())),
+            backend_timeout: timeout(
+                rule.timeouts
+                    .as_ref()
+                    .and_then(|t| t.backend_request.as_ref()),
+            ),
+            retry,
+        };
+        rules.push((rule_ir, matchers));
+    }
+    Ok(Checked { rules, unresolved })
+}
+
+fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
+    let path = match &m.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let v = p.value.clone().unwrap_or_else(|| "/".into());
+            match p.type_.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathMatch::Exact(v),
+                "PathPrefix" => {
+                    let trimmed = v.trim_end_matches('/');
+                    PathMatch::Prefix(if trimmed.is_empty() {
+                        "/".into()
+                    } else {
+                        trimmed.into()
+                    })
+                }
+                "RegularExpression" => PathMatch::Regex(anchored(&v)?),
+                other => return Err(format!("path match type {other} is not supported")),
+            }
+        }
+    };
+    let method = match &m.method {
+        None => None,
+        Some(s) => Some(
+            Method::from_bytes(s.as_bytes()).map_err(|_| format!("method {s:?} is not valid"))?,
+        ),
+    };
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("header name {:?} is not valid", h.name))?;
+        // The first match for a header name wins, as the spec requires.
+        if headers.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        headers.push((name, value_match(h)?));
+    }
+    let mut query = Vec::new();
+    for q in &m.query_params {
+        if query.iter().any(|(n, _)| n == &q.name) {
+            continue;
+        }
+        query.push((q.name.clone(), value_match(q)?));
+    }
+    Ok(Matcher {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
+
+fn value_match(h: &gwapi::HttpHeaderMatch) -> Result<ValueMatch, String> {
+    match h.type_.as_deref().unwrap_or("Exact") {
+        "Exact" => Ok(ValueMatch::Exact(h.value.clone())),
+        "RegularExpression" => Ok(ValueMatch::Regex(anchored(&h.value)?)),
+        other => Err(format!("match type {other} is not supported")),
+    }
+}
+
+/// Gateway API regular expressions match the whole value.
+fn anchored(re: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{re})$"))
+        .map_err(|e| format!("invalid regular expression {re:?}: {e}"))
+}
+
+fn filters(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    list: &[gwapi::HttpRouteFilter],
+    unresolved: &mut Option<(&'static str, String)>,
+) -> Result<Vec<Filter>, String> {
+    let mut out = Vec::new();
+    for f in list {
+        match f.type_.as_str() {
+            "RequestHeaderModifier" => out.push(Filter::RequestHeaders(header_edit(
+                f.request_header_modifier.as_ref(),
+            )?)),
+            "ResponseHeaderModifier" => out.push(Filter::ResponseHeaders(header_edit(
+                f.response_header_modifier.as_ref(),
+            )?)),
+            "RequestRedirect" => {
+                let r = f.request_redirect.clone().unwrap_or_default();
+                out.push(Filter::Redirect(ir::Redirect {
+                    scheme: r.scheme,
+                    hostname: r.hostname,
+                    port: r.port.map(|p| p as u16),
+                    path: path_rewrite(r.path.as_ref())?,
+                    status: r.status_code.unwrap_or(302) as u16,
+                }));
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.clone().unwrap_or_default();
+                out.push(Filter::Rewrite {
+                    hostname: r.hostname,
+                    path: path_rewrite(r.path.as_ref())?,
+                });
+            }
+            "RequestMirror" => {
+                let m = f
+                    .request_mirror
+                    .as_ref()
+                    .ok_or("requestMirror is missing")?;
+                let (numerator, denominator) = match (&m.fraction, m.percent) {
+                    (Some(fr), _) => (
+                        fr.numerator.max(0) as u32,
+                        fr.denominator.unwrap_or(100).max(1) as u32,
+                    ),
+                    (None, Some(p)) => (p.clamp(0, 100) as u32, 100),
+                    (None, None) => (1, 1),
+                };
+                match backends::resolve(ctx, ns, &m.backend_ref) {
+                    Ok(target) => out.push(Filter::Mirror {
+                        target,
+                        numerator,
+                        denominator,
+                    }),
+                    Err(e) => {
+                        unresolved.get_or_insert(e);
+                    }
+                }
+            }
+            "CORS" => {
+                let c = f.cors.clone().unwrap_or_default();
+                out.push(Filter::Cors(ir::Cors {
+                    allow_origins: c.allow_origins,
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    allow_methods: c.allow_methods,
+                    allow_headers: c.allow_headers,
+                    expose_headers: c.expose_headers,
+                    max_age: c.max_age.map(|a| a.max(0) as u32),
+                }));
+            }
+            other => return Err(format!("filter type {other} is not supported")),
+        }
+    }
+    Ok(out)
+}
+
+fn header_edit(m: Option<&gwapi::HttpHeaderFilter>) -> Result<ir::HeaderEdit, String> {
+    let m = m.cloned().unwrap_or_default();
+    let pair = |h: &gwapi::HttpHeader| -> Result<(HeaderName, HeaderValue), String> {
+        Ok((
+            HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("header name {:?} is not valid", h.name))?,
+            HeaderValue::from_str(&h.value)
+                .map_err(|_| format!("header value {:?} is not valid", h.value))?,
+        ))
+    };
+    Ok(ir::HeaderEdit {
+        set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| {
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| format!("header name {n:?} is not valid"))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_rewrite(p: Option<&gwapi::HttpPathModifier>) -> Result<Option<ir::PathRewrite>, String> {
+    let Some(p) = p else { return Ok(None) };
+    match p.type_.as_str() {
+        "ReplaceFullPath" => Ok(Some(ir::PathRewrite::Full(
+            p.replace_full_path.clone().unwrap_or_else(|| "/".into()),
+        ))),
+        "ReplacePrefixMatch" => Ok(Some(ir::PathRewrite::Prefix(
+            p.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
+        ))),
+        other => Err(format!("path modifier type {other} is not supported")),
+    }
+}
+
+/// Orders every match of the routes in one virtual host by the spec's precedence: exact
+/// path, then longest prefix (regular expressions between the two), method, most headers,
+/// most query parameters, oldest route, route namespace/name, rule order, match order.
+pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
+    type Key<'k> = (
+        u8,
+        Reverse<usize>,
+        u8,
+        Reverse<usize>,
+        Reverse<usize>,
+        (&'k str, u64),
+        &'k str,
+        &'k str,
+        usize,
+        usize,
+    );
+    let mut entries: Vec<(Key<'_>, RouteEntry)> = Vec::new();
+    for r in routes {
+        for (ri, (rule, matchers)) in r.rules.iter().enumerate() {
+            for (mi, m) in matchers.iter().enumerate() {
+                let (rank, len) = match &m.path {
+                    PathMatch::Exact(p) => (0, p.len()),
+                    PathMatch::Regex(re) => (1, re.as_str().len()),
+                    PathMatch::Prefix(p) => (2, p.len()),
+                };
+                let key = (
+                    rank,
+                    Reverse(len),
+                    u8::from(m.method.is_none()),
+                    Reverse(m.headers.len()),
+                    Reverse(m.query.len()),
+                    (r.age.0.as_str(), r.age.1),
+                    r.namespace.as_str(),
+                    r.name.as_str(),
+                    ri,
+                    mi,
+                );
+                entries.push((
+                    key,
+                    RouteEntry {
+                        matcher: m.clone(),
+                        rule: rule.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    ir::VirtualHost {
+        entries: entries.into_iter().map(|(_, e)| e).collect(),
+    }
+}

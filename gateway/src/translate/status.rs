@@ -1,0 +1,134 @@
+//! Status in the shape the Kubernetes API has it, as the gateway would write it back.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{manifest::ManifestError, model::gwapi::ParentReference};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: i64,
+    pub last_transition_time: String,
+}
+
+/// Builds a condition list; `finish` stamps observedGeneration and keeps lastTransitionTime
+/// from the previous status when type and status did not change.
+#[derive(Default)]
+pub struct Conditions(Vec<(String, bool, String, String)>);
+
+impl Conditions {
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        let message = message.into();
+        if let Some(c) = self.0.iter_mut().find(|c| c.0 == type_) {
+            *c = (type_.to_owned(), ok, reason.to_owned(), message);
+        } else {
+            self.0
+                .push((type_.to_owned(), ok, reason.to_owned(), message));
+        }
+    }
+
+    pub fn get(&self, type_: &str) -> Option<bool> {
+        self.0.iter().find(|c| c.0 == type_).map(|c| c.1)
+    }
+
+    pub fn finish(self, generation: i64, prev: Option<&[Condition]>, now: &str) -> Vec<Condition> {
+        self.0
+            .into_iter()
+            .map(|(type_, ok, reason, message)| {
+                let status = if ok { "True" } else { "False" }.to_owned();
+                let last = prev
+                    .and_then(|p| p.iter().find(|c| c.type_ == type_ && c.status == status))
+                    .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+                Condition {
+                    type_,
+                    status,
+                    reason,
+                    message,
+                    observed_generation: generation,
+                    last_transition_time: last,
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassStatus {
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<GatewayStatusAddress>,
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GatewayStatusAddress {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    pub name: String,
+    pub supported_kinds: Vec<SupportedKind>,
+    pub attached_routes: i32,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SupportedKind {
+    pub group: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub parents: Vec<RouteParentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentReference,
+    pub controller_name: String,
+    pub conditions: Vec<Condition>,
+}
+
+/// One object's status with the identity and generation it describes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry<S> {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    pub status: S,
+}
+
+/// Everything `/status` serves. Keys are `namespace/name` (or `name` for cluster scope).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub gateway_classes: BTreeMap<String, Entry<GatewayClassStatus>>,
+    pub gateways: BTreeMap<String, Entry<GatewayStatus>>,
+    #[serde(rename = "httpRoutes")]
+    pub http_routes: BTreeMap<String, Entry<RouteStatus>>,
+    /// Manifests that were rejected, with the reason (file, document, object, field).
+    pub invalid_manifests: Vec<ManifestError>,
+}
