@@ -78,8 +78,15 @@ pub(crate) async fn handle(
     req: hyper::Request<Incoming>,
 ) -> Result<EchoResponse, Aborted> {
     let (parts, body) = req.into_parts();
+    echo.record(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let echoed = describe(&echo, &conn, &parts);
-    let response = respond(&echo, &conn, &parts, body, echoed).await;
+    let mut response = respond(&echo, &conn, &parts, body, echoed).await;
+    if parts.method == hyper::Method::HEAD
+        && let Ok(resp) = &mut response
+    {
+        // HTTP/2 would send a HEAD response's body as DATA; HTTP/1.1 drops it itself.
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
     match &response {
         Ok(resp) => {
             debug!(method = %parts.method, uri = %parts.uri, status = resp.status().as_u16(), "echoed")

@@ -75,7 +75,12 @@ pub struct EchoConfig {
 pub struct Echo {
     config: EchoConfig,
     retries: RetryTracker,
+    /// Request targets (path and query) of the most recent requests, oldest first.
+    seen: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many request targets [`Echo::seen`] remembers.
+const SEEN_CAPACITY: usize = 4096;
 
 impl Echo {
     /// A backend reporting `config`, with no retry attempts counted yet.
@@ -83,7 +88,28 @@ impl Echo {
         Self {
             config,
             retries: RetryTracker::default(),
+            seen: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The request targets (path with query) this backend received most recently, oldest
+    /// first, at most a few thousand. The suite checks mirrored traffic this way (it reads
+    /// the pods' logs for the same information).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn record(&self, target: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() == SEEN_CAPACITY {
+            seen.pop_front();
+        }
+        seen.push_back(target.to_owned());
     }
 
     /// The identity this backend reports.

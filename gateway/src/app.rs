@@ -1,7 +1,13 @@
 //! Wiring: the manifest provider, translation, the data plane and the admin endpoint, and
 //! the control loop that reloads on change and drains on shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{error, info, warn};
@@ -108,25 +114,28 @@ async fn control_loop(
     let mut prev: Option<StatusReport> = None;
     let mut tick = tokio::time::interval(settings.rescan_interval);
     let mut first = true;
+    // Sockets that could not be bound; retried on every tick until they can.
+    let mut unusable: BTreeSet<SocketAddr> = BTreeSet::new();
     loop {
         let changed = provider.sync(&mut store);
-        if changed || first {
+        if changed || first || !unusable.is_empty() {
             let now = rfc3339(std::time::SystemTime::now());
-            let out = translate::translate(&store, prev.as_ref(), &now);
+            let mut out = translate::translate(&store, prev.as_ref(), &now, &unusable);
             let failed = dataplane.apply(&out.snapshot).await;
-            for (addr, e) in &failed {
-                error!(%addr, error = %e, "listener address unusable");
+            let failed_set: BTreeSet<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
+            let binds_changed = failed_set != unusable;
+            if binds_changed {
+                for (addr, e) in &failed {
+                    error!(%addr, error = %e, "cannot listen on a Gateway address; its Gateway is not Programmed");
+                }
+                unusable = failed_set;
+                // Same sockets, so the data plane is current; only the status changes.
+                out = translate::translate(&store, prev.as_ref(), &now, &unusable);
             }
-            state.config.store(Arc::new(out.snapshot.describe()));
-            state.metrics.reloaded(out.status.invalid_manifests.len());
-            state.status.store(Arc::new(out.status.clone()));
-            info!(
-                objects = store.len(),
-                sockets = out.snapshot.ports.len(),
-                invalid_manifests = out.status.invalid_manifests.len(),
-                "configuration applied"
-            );
-            prev = Some(out.status);
+            if changed || first || binds_changed {
+                publish(&state, &out, store.len());
+                prev = Some(out.status);
+            }
             if first {
                 state.ready.store(true, Ordering::Relaxed);
                 first = false;
@@ -149,6 +158,19 @@ async fn control_loop(
     }
     let _ = admin_stop.send(true);
     info!("stopped");
+}
+
+/// Makes a translation visible: `/status`, `/config` and the reload metrics.
+fn publish(state: &AdminState, out: &translate::Output, objects: usize) {
+    state.config.store(Arc::new(out.snapshot.describe()));
+    state.metrics.reloaded(out.status.invalid_manifests.len());
+    state.status.store(Arc::new(out.status.clone()));
+    info!(
+        objects,
+        sockets = out.snapshot.ports.len(),
+        invalid_manifests = out.status.invalid_manifests.len(),
+        "configuration applied"
+    );
 }
 
 /// Change notifications for the directory; `None` (polling only) if the platform refuses.

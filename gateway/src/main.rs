@@ -29,7 +29,13 @@ fn check(args: &cedille_gateway::Args) -> anyhow::Result<()> {
     for e in &errors {
         error!("{e}");
     }
-    let out = cedille_gateway::translate::translate(&store, None, "1970-01-01T00:00:00Z");
+    let out = cedille_gateway::translate::translate(
+        &store,
+        None,
+        "1970-01-01T00:00:00Z",
+        &Default::default(),
+    );
+
     println!("{}", serde_json::to_string_pretty(&out.status)?);
     if !errors.is_empty() {
         anyhow::bail!("{} manifest document(s) rejected", errors.len());

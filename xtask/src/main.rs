@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds the eBPF programs, runs the whole test suite (privileged tests
 //! included) and the benchmarks.
 
+mod conformance;
 mod ebpf;
 mod test;
 mod util;
@@ -22,6 +23,8 @@ enum Cmd {
     Build,
     /// fmt, clippy, cargo-deny, unit tests, then the privileged tests (root).
     Test(test::TestArgs),
+    /// Replay the Gateway API conformance data against the gateway (root).
+    Conformance(conformance::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
             .run()
         }
         Cmd::Test(args) => test::run(args),
+        Cmd::Conformance(args) => conformance::run(args),
     }
 }

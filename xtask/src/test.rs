@@ -13,7 +13,11 @@ pub struct TestArgs {
     no_privileged: bool,
 }
 
-/// The whole suite. Every `#[ignore]`d test in the workspace is a privileged test: plain
+/// Share of the extended conformance tests that must pass (a regression floor).
+const EXTENDED_FLOOR: f64 = 0.54;
+
+/// The whole suite.
+/// Every `#[ignore]`d test in the workspace is a privileged test: plain
 /// `cargo test` lists it as ignored, and this runs it as root with `--ignored`.
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if args.no_privileged && in_ci() {
@@ -61,6 +65,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if privileged.passed == 0 {
         bail!("no privileged test ran: the privileged stage must not pass empty");
     }
+    // The Gateway API conformance replay: every core test, and no fewer extended tests
+    // than EXTENDED_FLOOR (raised as features land; the target is 90%).
+    crate::conformance::run(crate::conformance::Args {
+        min_extended: Some(EXTENDED_FLOOR),
+        ..Default::default()
+    })?;
     summary(&unit, Some(&privileged))
 }
 

@@ -50,7 +50,24 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let resp = route(shared, port, conn, req).await;
+    if head {
+        // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    resp
+}
+
+async fn route(
+    shared: Arc<Shared>,
+    port: Arc<PortConfig>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
+
     let Some(host) = headers::request_host(&req) else {
         return simple(StatusCode::BAD_REQUEST, "missing Host header");
     };

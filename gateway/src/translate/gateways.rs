@@ -327,10 +327,14 @@ fn gateway_conditions(state: &mut GatewayState<'_>) {
         let t = a.type_.as_deref().unwrap_or("IPAddress");
         if t != "IPAddress" {
             unsupported_address = Some(format!("address type {t} is not supported; use IPAddress"));
+        } else if a.value.is_empty() {
+            // An address without a value is ours to choose: all interfaces.
+            state.addresses.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         } else if let Ok(ip) = a.value.parse() {
             state.addresses.push(ip);
         }
     }
+    state.addresses.dedup();
     if state.addresses.is_empty() {
         state.addresses.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
@@ -459,6 +463,16 @@ pub(crate) fn finish(
             .and_then(|p| p.gateways.get(&format!("{ns}/{name}")));
         let generation = gw.gateway.metadata.generation;
         let programmed = gw.listeners.iter().any(|l| l.programmed());
+        let unusable: Vec<SocketAddr> = gw
+            .listeners
+            .iter()
+            .flat_map(|l| {
+                gw.addresses
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, l.spec.port as u16))
+            })
+            .filter(|a| ctx.unusable.contains(a))
+            .collect();
         let mut conds = gw.conditions;
         if conds.get("Accepted") != Some(true) {
             conds.set(
@@ -466,6 +480,15 @@ pub(crate) fn finish(
                 false,
                 "Invalid",
                 "the Gateway is not accepted",
+            );
+        } else if let Some(a) = unusable.first() {
+            conds.set(
+                "Programmed",
+                false,
+                "AddressNotUsable",
+                format!(
+                    "cannot listen on {a}; is the address assigned to this host, and the port free?"
+                ),
             );
         } else if programmed {
             conds.set("Programmed", true, "Programmed", "");
@@ -495,19 +518,18 @@ pub(crate) fn finish(
                 }
             })
             .collect();
+        // The addresses the Gateway is reachable on: those it listens on, minus any that
+        // could not be bound.
         let addresses = gw
-            .gateway
-            .spec
             .addresses
             .iter()
-            .filter(|a| {
-                a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress" && !a.value.is_empty()
-            })
-            .map(|a| GatewayStatusAddress {
+            .filter(|ip| !unusable.iter().any(|a| a.ip() == **ip))
+            .map(|ip| GatewayStatusAddress {
                 type_: "IPAddress".into(),
-                value: a.value.clone(),
+                value: ip.to_string(),
             })
             .collect();
+
         report.gateways.insert(
             format!("{ns}/{name}"),
             Entry {

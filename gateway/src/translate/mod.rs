@@ -8,6 +8,8 @@ mod routes;
 pub mod status;
 mod tls;
 
+use std::{collections::BTreeSet, net::SocketAddr};
+
 use crate::{
     ir::Snapshot,
     model::{Kind, Object, gwapi::ReferenceGrant},
@@ -21,9 +23,16 @@ pub struct Output {
 }
 
 /// Translates the store. `prev` is the previous status, whose lastTransitionTimes are kept
-/// for conditions that did not change; `now` stamps the others.
-pub fn translate(store: &Store, prev: Option<&StatusReport>, now: &str) -> Output {
-    let ctx = Ctx::new(store, prev, now);
+/// for conditions that did not change; `now` stamps the others. `unusable` holds the sockets
+/// the data plane could not bind, which makes their Gateways not Programmed.
+pub fn translate(
+    store: &Store,
+    prev: Option<&StatusReport>,
+    now: &str,
+    unusable: &BTreeSet<SocketAddr>,
+) -> Output {
+    let mut ctx = Ctx::new(store, prev, now);
+    ctx.unusable = unusable;
     let mut gws = gateways::translate(&ctx);
     let routes = routes::translate(&ctx, &mut gws);
     let (snapshot, mut status) = gateways::finish(&ctx, gws, routes);
@@ -37,7 +46,10 @@ pub(crate) struct Ctx<'a> {
     pub now: &'a str,
     grants: Vec<&'a ReferenceGrant>,
     pub slices: backends::SliceIndex<'a>,
+    pub unusable: &'a BTreeSet<SocketAddr>,
 }
+
+static NONE_UNUSABLE: BTreeSet<SocketAddr> = BTreeSet::new();
 
 impl<'a> Ctx<'a> {
     fn new(store: &'a Store, prev: Option<&'a StatusReport>, now: &'a str) -> Self {
@@ -54,6 +66,7 @@ impl<'a> Ctx<'a> {
             now,
             grants,
             slices: backends::index(store),
+            unusable: &NONE_UNUSABLE,
         }
     }
 
@@ -84,11 +97,14 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// A namespace's labels, with `kubernetes.io/metadata.name` as the API server sets it.
     pub fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
-        match self.store.get_obj(Kind::Namespace, "", ns) {
+        let mut labels = match self.store.get_obj(Kind::Namespace, "", ns) {
             Some(Object::Namespace(n)) => n.metadata.labels.clone(),
             _ => Default::default(),
-        }
+        };
+        labels.insert("kubernetes.io/metadata.name".into(), ns.to_owned());
+        labels
     }
 }
 

@@ -73,19 +73,19 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
                 None => conds.set("ResolvedRefs", true, "ResolvedRefs", ""),
                 Some((reason, msg)) => conds.set("ResolvedRefs", false, reason, msg),
             }
+            // Status names the parent with defaults filled in, as the API server would.
+            let mut parent_ref = pref.clone();
+            parent_ref.group = Some(GATEWAY_GROUP.to_owned());
+            parent_ref.kind = Some("Gateway".to_owned());
+            parent_ref.namespace = Some(gw_ns.to_owned());
             let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
                 .and_then(|p| p.http_routes.get(&key))
-                .and_then(|e| {
-                    e.status
-                        .parents
-                        .iter()
-                        .find(|p| &p.parent_ref == pref)
-                        .map(|p| p.conditions.as_slice())
-                });
+                .and_then(|e| e.status.parents.iter().find(|p| p.parent_ref == parent_ref))
+                .map(|p| p.conditions.as_slice());
             parents.push(RouteParentStatus {
-                parent_ref: pref.clone(),
+                parent_ref,
                 controller_name: CONTROLLER_NAME.to_owned(),
                 conditions: conds.finish(route.metadata.generation, prev, ctx.now),
             });

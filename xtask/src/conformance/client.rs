@@ -1,0 +1,414 @@
+//! The test client: one new connection per request, HTTP/1.1 or HTTP/2 (prior knowledge on
+//! cleartext, ALPN over TLS), TLS pinned to the listener certificate the suite generated,
+//! and the suite's way of comparing a response with a case.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use serde_json::Value;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// TLS with this SNI, when set.
+    pub sni: Option<String>,
+    pub h2: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub headers: Vec<(String, String)>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Accepts exactly one certificate: the client "trusts only" the listener certificate.
+#[derive(Debug)]
+struct Pinned(Vec<u8>, Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if ee.as_ref() == self.0.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the gateway presented another certificate".into(),
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub async fn send(t: &Target, r: &Req, pinned: &[u8]) -> Result<Resp, String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, send_inner(t, r, pinned))
+        .await
+        .map_err(|_| "request timed out".to_owned())?
+}
+
+async fn send_inner(t: &Target, r: &Req, pinned: &[u8]) -> Result<Resp, String> {
+    let tcp = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", t.addr))?;
+    let scheme = if t.sni.is_some() { "https" } else { "http" };
+    let mut builder = Request::builder().method(r.method.as_str());
+    builder = if t.h2 {
+        builder.uri(format!("{scheme}://{}{}", r.host, r.path))
+    } else {
+        builder.uri(r.path.as_str()).header("host", r.host.as_str())
+    };
+    for (k, v) in &r.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let req = builder
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("building request: {e}"))?;
+    match &t.sni {
+        None => exchange(TokioIo::new(tcp), t.h2, req).await,
+        Some(sni) => {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned(pinned.to_vec(), provider)))
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![if t.h2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            let name = ServerName::try_from(sni.clone()).map_err(|e| format!("SNI {sni}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(TokioIo::new(tls), t.h2, req).await
+        }
+    }
+}
+
+async fn exchange<I>(io: I, h2: bool, req: Request<Empty<Bytes>>) -> Result<Resp, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("h2: {e}"))?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("http1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("http1: {e}"))?
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn text<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
+    v.pointer(p).and_then(Value::as_str)
+}
+
+fn norm(s: &str, ignore_ws: bool) -> String {
+    if ignore_ws {
+        s.chars().filter(|c| !c.is_whitespace()).collect()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The suite's comparison of a response with a case (CompareRoundTrip).
+pub fn compare(case: &Value, sent: &Req, scheme: &str, resp: &Resp) -> Result<(), String> {
+    let mut codes: Vec<u64> = case
+        .pointer("/Response/StatusCodes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    if let Some(c) = case.pointer("/Response/StatusCode").and_then(Value::as_u64) {
+        codes.push(c);
+    }
+    if codes.is_empty() {
+        codes.push(200);
+    }
+    let status = u64::from(resp.status);
+    let ok_status = codes.contains(&status)
+        || (codes.contains(&504) && status == 408)
+        || (codes.contains(&408) && status == 504);
+    if !ok_status {
+        return Err(format!("status {status}, expected {codes:?}"));
+    }
+    let ignore_ws = case
+        .pointer("/Response/IgnoreWhitespace")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some(h) = case.pointer("/Response/Headers").and_then(Value::as_object) {
+        for (k, v) in h.iter().filter(|(k, _)| !k.starts_with('$')) {
+            let want = v.as_str().unwrap_or("");
+            let got: Vec<&str> = resp
+                .headers
+                .get_all(k.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if norm(&got.join(","), ignore_ws) != norm(want, ignore_ws) {
+                return Err(format!("response header {k}: {got:?}, expected {want:?}"));
+            }
+        }
+    }
+    if let Some(h) = case
+        .pointer("/Response/ValidHeaderValues")
+        .and_then(Value::as_object)
+    {
+        for (k, v) in h.iter().filter(|(k, _)| !k.starts_with('$')) {
+            let got: Vec<&str> = resp
+                .headers
+                .get_all(k.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let got = norm(&got.join(","), ignore_ws);
+            let valid: Vec<String> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|s| norm(s, ignore_ws))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !valid.contains(&got) {
+                return Err(format!(
+                    "response header {k}: {got:?}, expected one of {valid:?}"
+                ));
+            }
+        }
+    }
+    for h in case
+        .pointer("/Response/AbsentHeaders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(h) = h.as_str()
+            && resp.headers.contains_key(h)
+        {
+            return Err(format!("response header {h} should be absent"));
+        }
+    }
+    if (300..400).contains(&status) {
+        return compare_redirect(case, sent, scheme, resp);
+    }
+    if status != 200 && status != 204 {
+        return Ok(());
+    }
+    let json = resp
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        == Some("application/json");
+    let echoed: Value = if json {
+        serde_json::from_slice(&resp.body).map_err(|e| format!("echo JSON: {e}"))?
+    } else {
+        Value::Null
+    };
+    let exp_req = case.pointer("/ExpectedRequest/Request");
+    // An ExpectedRequest replaces the request as sent, empty fields included.
+    let want_path = match exp_req {
+        Some(r) => text(r, "/Path").unwrap_or(""),
+        None => &sent.path,
+    };
+    let got_path = text(&echoed, "/path").unwrap_or("");
+    if got_path != want_path {
+        return Err(format!("backend path {got_path:?}, expected {want_path:?}"));
+    }
+    let want_method = exp_req
+        .and_then(|r| text(r, "/Method"))
+        .filter(|m| !m.is_empty())
+        .unwrap_or(&sent.method);
+    if text(&echoed, "/method").unwrap_or(want_method) != want_method {
+        return Err(format!(
+            "backend method {:?}, expected {want_method}",
+            text(&echoed, "/method")
+        ));
+    }
+    if let Some(h) = exp_req
+        .and_then(|r| text(r, "/Host"))
+        .filter(|h| !h.is_empty())
+        && text(&echoed, "/host") != Some(h)
+    {
+        return Err(format!(
+            "backend host {:?}, expected {h}",
+            text(&echoed, "/host")
+        ));
+    }
+    let want_ns = match case.get("Namespace") {
+        Some(Value::String(ns)) => ns.as_str(),
+        _ => "gateway-conformance-infra",
+    };
+    let got_ns = text(&echoed, "/namespace").unwrap_or("");
+    if got_ns != want_ns {
+        return Err(format!(
+            "backend namespace {got_ns:?}, expected {want_ns:?}"
+        ));
+    }
+    if let Some(b) = text(case, "/Backend").filter(|b| !b.is_empty())
+        && !text(&echoed, "/pod").unwrap_or("").starts_with(b)
+    {
+        return Err(format!(
+            "served by {:?}, expected {b}",
+            text(&echoed, "/pod")
+        ));
+    }
+    let headers = echoed.get("headers").cloned().unwrap_or(Value::Null);
+    let header = |name: &str| -> Option<String> {
+        headers
+            .as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            })
+    };
+    if let Some(h) = exp_req
+        .and_then(|r| r.get("Headers"))
+        .and_then(Value::as_object)
+    {
+        for (k, v) in h.iter().filter(|(k, _)| !k.starts_with('$')) {
+            let want = v.as_str().unwrap_or("");
+            if header(k).as_deref() != Some(want) {
+                return Err(format!(
+                    "backend header {k}: {:?}, expected {want:?}",
+                    header(k)
+                ));
+            }
+        }
+    }
+    for h in case
+        .pointer("/ExpectedRequest/AbsentHeaders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(h) = h.as_str()
+            && header(h).is_some()
+        {
+            return Err(format!("backend header {h} should be absent"));
+        }
+    }
+    Ok(())
+}
+
+fn compare_redirect(case: &Value, sent: &Req, scheme: &str, resp: &Resp) -> Result<(), String> {
+    let Some(rr) = case.get("RedirectRequest") else {
+        return Ok(());
+    };
+    let loc = resp
+        .headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("redirect without Location")?;
+    let uri: http::Uri = loc.parse().map_err(|e| format!("Location {loc:?}: {e}"))?;
+    let got_scheme = uri.scheme_str().unwrap_or(scheme);
+    let got_host = uri.host().unwrap_or("");
+    let got_port = uri.port_u16().map(|p| p.to_string()).unwrap_or_default();
+    let got_path = uri.path();
+    let want_scheme = text(rr, "/Scheme")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(scheme);
+    let sent_host = sent.host.split(':').next().unwrap_or("");
+    let want_host = text(rr, "/Host")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(sent_host);
+    let want_path = text(rr, "/Path")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(sent.path.split('?').next().unwrap_or(""));
+    if got_scheme != want_scheme || got_host != want_host || got_path != want_path {
+        return Err(format!(
+            "Location {loc}, expected {want_scheme}://{want_host}{want_path}"
+        ));
+    }
+    let want_port = text(rr, "/Port").unwrap_or("");
+    let port_ok = match want_port {
+        "" => {
+            got_port.is_empty()
+                || (want_scheme == "http" && got_port == "80")
+                || (want_scheme == "https" && got_port == "443")
+        }
+        p => got_port == p,
+    };
+    if !port_ok {
+        return Err(format!(
+            "Location {loc}: port {got_port:?}, expected {want_port:?}"
+        ));
+    }
+    Ok(())
+}

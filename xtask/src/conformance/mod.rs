@@ -1,0 +1,316 @@
+//! `cargo xtask conformance`: replays the upstream Gateway API conformance data
+//! (GATEWAY-HTTP profile) against the real gateway binary, without a cluster.
+//!
+//! The gateway runs as a child process on a manifest directory that this harness rewrites
+//! for each test (so the run also exercises live reloads). Echo "pods" run in this process,
+//! each on its own loopback address, and every Gateway gets its own loopback address too.
+//! For each test: apply base + test manifests, wait until the status expectations hold
+//! (expectations.yaml), then replay the test's cases over HTTP/1.1 and again over HTTP/2,
+//! each until it passes three times in a row.
+
+mod certs;
+mod client;
+mod data;
+mod plan;
+mod status;
+mod world;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::util::{cargo, in_ci, is_root, root};
+use client::Req;
+use data::{Suite, TestInfo};
+use world::World;
+
+#[derive(clap::Args, Default)]
+pub struct Args {
+    /// Run only the tests whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// The conformance data directory (default: ../shared/conformance/gateway-api-*).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Exit non-zero unless every core test passes and at least this share (0-1) of the
+    /// extended tests does.
+    #[arg(long)]
+    pub min_extended: Option<f64>,
+
+    /// Print each failing case's reason.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// How long a test's status may take to converge, and a case to pass three times in a row.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
+const CASE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !is_root() {
+        let msg =
+            "the conformance replay binds ports 80 and 443 on loopback addresses: run it as root";
+        if in_ci() {
+            bail!("{msg} (CI=true)");
+        }
+        bail!("{msg}");
+    }
+    cargo(&["build", "-p", "cedille-gateway"]).run()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(replay(args))
+}
+
+struct Gateway {
+    child: tokio::process::Child,
+    admin: SocketAddr,
+}
+
+impl Gateway {
+    async fn start(config_dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
+        let admin: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?
+        };
+        let bin = root().join("target/debug/cedille-gateway");
+        let log_file = std::fs::File::create(log)?;
+        let child = tokio::process::Command::new(&bin)
+            .args([
+                "--config-dir",
+                config_dir.to_str().context("path")?,
+                "--admin-addr",
+                &admin.to_string(),
+                "--drain-timeout",
+                "1s",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let gw = Self { child, admin };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if gw.get("/readyz").await.is_ok_and(|(s, _)| s == 200) {
+                return Ok(gw);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the gateway did not become ready; see {}", log.display())
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, bytes::Bytes)> {
+        let t = client::Target {
+            addr: self.admin,
+            sni: None,
+            h2: false,
+        };
+        let r = Req {
+            method: "GET".into(),
+            path: path.into(),
+            host: self.admin.to_string(),
+            headers: vec![],
+        };
+        let resp = client::send(&t, &r, &[])
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok((resp.status, resp.body))
+    }
+
+    async fn status(&self) -> anyhow::Result<Value> {
+        let (_, body) = self.get("/status").await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+pub(crate) struct Ctx {
+    gateway: Gateway,
+    world: World,
+    pinned: Vec<u8>,
+    pub verbose: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    failures: Vec<String>,
+}
+
+async fn replay(args: Args) -> anyhow::Result<()> {
+    let data = data::locate(args.data.as_deref())?;
+    let suite = Suite::load(&data)?;
+    let generated = certs::generate()?;
+    let work = root().join("target/conformance");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("config"))?;
+    let mut world = World::new(work.join("config/conformance.yaml"), generated.secrets);
+    world.apply(&suite.base).await?;
+    let gateway = Gateway::start(&work.join("config"), &work.join("gateway.log")).await?;
+    let mut ctx = Ctx {
+        gateway,
+        world,
+        pinned: generated.listener_cert_der,
+        verbose: args.verbose,
+    };
+    eprintln!(
+        "conformance: {} (gateway log: {})",
+        data.display(),
+        work.join("gateway.log").display()
+    );
+
+    let mut rows = Vec::new();
+    for t in &suite.tests {
+        if args
+            .filter
+            .as_ref()
+            .is_some_and(|f| !t.name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let start = Instant::now();
+        let outcome =
+            match tokio::time::timeout(Duration::from_secs(180), run_test(&mut ctx, &suite, t))
+                .await
+            {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => Outcome {
+                    failures: vec![format!("harness: {e:#}")],
+                },
+                Err(_) => Outcome {
+                    failures: vec!["timed out after 180 s".into()],
+                },
+            };
+        let pass = outcome.failures.is_empty();
+        let first = outcome.failures.first().cloned().unwrap_or_default();
+        println!(
+            "{} {:<8} {:<62} {:>5.1}s {}",
+            if pass { "PASS" } else { "FAIL" },
+            t.profile,
+            t.name,
+            start.elapsed().as_secs_f64(),
+            first
+        );
+        if ctx.verbose {
+            for f in outcome.failures.iter().skip(1).take(12) {
+                println!("       {f}");
+            }
+        }
+        rows.push((t, pass));
+    }
+    let _ = ctx.gateway.child.kill().await;
+    summarize(&rows, args.min_extended)
+}
+
+fn summarize(rows: &[(&TestInfo, bool)], min_extended: Option<f64>) -> anyhow::Result<()> {
+    let count = |profile: &str| {
+        let all: Vec<_> = rows.iter().filter(|(t, _)| t.profile == profile).collect();
+        (all.iter().filter(|(_, p)| *p).count(), all.len())
+    };
+    let (cp, ct) = count("core");
+    let (ep, et) = count("extended");
+    println!();
+    println!(
+        "conformance (GATEWAY-HTTP, each test over HTTP/1.1 and HTTP/2): core {cp}/{ct} passed, extended {ep}/{et} passed"
+    );
+    if let Some(min) = min_extended {
+        let share = if et == 0 { 1.0 } else { ep as f64 / et as f64 };
+        if cp < ct || share < min {
+            bail!(
+                "conformance below target: core {cp}/{ct}, extended {:.0}% (target 100% core, {:.0}% extended)",
+                share * 100.0,
+                min * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_test(ctx: &mut Ctx, suite: &Suite, t: &TestInfo) -> anyhow::Result<Outcome> {
+    let mut docs = suite.base.clone();
+    docs.extend(suite.manifests_of(t)?);
+    let mut objects = ctx.world.apply(&docs).await?;
+    let exp = suite
+        .expectations
+        .get(&t.name)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut out = Outcome::default();
+    if let Err(f) = wait_status(ctx, &exp, &objects).await {
+        out.failures.extend(f);
+        return Ok(out);
+    }
+    let plan = match plan::plan(ctx, suite, t, &exp, &objects) {
+        Ok(p) => p,
+        Err(e) => {
+            out.failures.push(e);
+            return Ok(out);
+        }
+    };
+    for h2 in [false, true] {
+        for c in plan.initial.iter() {
+            if let Err(e) = plan::run_case(ctx, c, h2).await {
+                out.failures.push(format!(
+                    "{} case {}: {e}",
+                    if h2 { "HTTP/2" } else { "HTTP/1.1" },
+                    c.label
+                ));
+            }
+        }
+    }
+    for (i, step) in exp
+        .get("steps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        docs = plan::apply_step(ctx, &t.name, step, docs)?;
+        objects = ctx.world.apply(&docs).await?;
+        let then = step.get("then").cloned().unwrap_or(Value::Null);
+        if let Err(f) = wait_status(ctx, &then, &objects).await {
+            out.failures
+                .extend(f.into_iter().map(|f| format!("after step {}: {f}", i + 1)));
+            return Ok(out);
+        }
+        for c in plan.after_step.get(&i).into_iter().flatten() {
+            for h2 in [false, true] {
+                if let Err(e) = plan::run_case(ctx, c, h2).await {
+                    out.failures
+                        .push(format!("after step {} case {}: {e}", i + 1, c.label));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Polls `/status` until `exp` holds, or returns what still does not.
+async fn wait_status(ctx: &Ctx, exp: &Value, objects: &[Value]) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    loop {
+        let fails = match ctx.gateway.status().await {
+            Ok(st) => status::check(exp, &st, objects),
+            Err(e) => vec![format!("GET /status: {e}")],
+        };
+        if fails.is_empty() {
+            return Ok(());
+        }
+        // Kinds the gateway does not implement will not show up however long we wait.
+        if Instant::now() > deadline
+            || fails
+                .iter()
+                .any(|f| f.contains("not supported by cedille-gateway"))
+        {
+            return Err(fails.into_iter().map(|f| format!("status: {f}")).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
