@@ -3,6 +3,7 @@
 
 mod conformance;
 mod ebpf;
+mod example;
 mod test;
 mod util;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Replay the Gateway API conformance data against the gateway (root).
     Conformance(conformance::Args),
+    /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
+    Example(example::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test(args) => test::run(args),
         Cmd::Conformance(args) => conformance::run(args),
+        Cmd::Example(args) => example::run(args),
     }
 }

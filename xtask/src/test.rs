@@ -71,6 +71,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         min_extended: Some(EXTENDED_FLOOR),
         ..Default::default()
     })?;
+    // The README's main command, with its curl commands.
+    crate::example::run(crate::example::Args { check: true })?;
+
     summary(&unit, Some(&privileged))
 }
 
