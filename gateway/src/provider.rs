@@ -66,7 +66,8 @@ impl FileProvider {
         &self.dir
     }
 
-    /// Brings the store in line with the directory. Returns whether any object changed.
+    /// Brings the store in line with the directory. Returns whether anything changed: an
+    /// object, or what is known to be wrong with a file (status reports both).
     pub fn sync(&mut self, store: &mut Store) -> bool {
         let mut files = Vec::new();
         walk(&self.dir, &mut files, 0);
@@ -102,8 +103,8 @@ impl FileProvider {
             let keys = store.apply_source(&source, parsed);
             if !keys.is_empty() {
                 info!(file = %source, objects = keys.len(), "manifest file applied");
-                changed = true;
             }
+            changed = true;
         }
         for gone in self.seen.keys().filter(|p| !now.contains_key(*p)) {
             let source = gone.display().to_string();

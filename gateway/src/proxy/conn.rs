@@ -103,13 +103,30 @@ impl Acceptor {
                 }
             };
             let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let info = Arc::new(ConnInfo {
                 peer,
                 tls: true,
                 sni,
             });
+            // ALPN decided the protocol: no preface sniffing, which has no timeout.
+            let builder = if h2 {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
             self.serve_http(builder, TokioIo::new(tls), info).await;
         } else {
+            // The HTTP/1-or-2 detection waits for bytes without a deadline; a client gets
+            // the header read timeout to send its first one.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+
             let info = Arc::new(ConnInfo {
                 peer,
                 tls: false,

@@ -51,7 +51,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
+
     let resp = route(shared, port, conn, req).await;
+
     if head {
         // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
         let (parts, _) = resp.into_parts();

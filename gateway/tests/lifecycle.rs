@@ -1,0 +1,204 @@
+//! Shutdown, certificate rotation, backends without endpoints, and metrics.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use support::{Env, eventually, get, route};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_inflight_requests_then_stops_listening() {
+    let mut env = Env::start(&[("r.yaml", &route("r", "/"))], |_| {}).await;
+    let addr = env.addr();
+    let slow = tokio::spawn(async move { get(addr, "/slow?delay=700ms").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let gateway = env.gateway.take().unwrap();
+    let admin = gateway.admin_addr;
+    let stopping = tokio::spawn(gateway.shutdown());
+    // Readiness fails at once, while the request is still in flight.
+    eventually(Duration::from_millis(400), || async {
+        get(admin, "/readyz")
+            .await
+            .map(|(s, _)| s == 503)
+            .unwrap_or(false)
+    })
+    .await
+    .expect("readiness fails during the drain");
+    // No new connections are accepted.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting while draining"
+    );
+    let (status, _) = slow.await.unwrap().unwrap();
+    assert_eq!(status, 200, "the in-flight request completed");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("stopped within the drain deadline")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_ready_endpoints_answers_503() {
+    let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let not_ready = support::service("dead", dead).replace(
+        "addresses: [\"127.0.0.1\"]",
+        "addresses: [\"127.0.0.1\"], conditions: {ready: false}",
+    );
+    assert!(not_ready.contains("ready: false"));
+    let to_dead = route("r", "/").replace("name: echo, port: 80", "name: dead, port: 80");
+    let env = Env::start(&[("r.yaml", &to_dead), ("svc.yaml", &not_ready)], |_| {}).await;
+
+    eventually(Duration::from_secs(5), || async {
+        get(env.addr(), "/").await.unwrap().0 == 503
+    })
+    .await
+    .expect("503 without ready endpoints");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_route_identity_and_status_class() {
+    let env = Env::start(&[("r.yaml", &route("r", "/"))], |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(get(env.addr(), "/x").await.unwrap().0, 200);
+    }
+    assert_eq!(get(env.addr(), "/status/503").await.unwrap().0, 503);
+    let m = env.metrics().await;
+    let ok = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",status_class="2xx"} 3"#;
+    let err = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",status_class="5xx"} 1"#;
+    assert!(m.contains(ok), "{m}");
+    assert!(m.contains(err), "{m}");
+    assert!(
+        m.contains("cedille_gateway_request_duration_seconds_bucket{"),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"cedille_gateway_config_reloads_total{result="success"}"#),
+        "{m}"
+    );
+}
+
+/// Records the certificate the server presented.
+#[derive(Debug, Default)]
+struct Capture(std::sync::Mutex<Vec<u8>>);
+
+impl ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = ee.to_vec();
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificate a new TLS handshake with SNI `name` gets.
+async fn presented(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    let capture = Arc::new(Capture::default());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(capture.clone())
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let der = capture.0.lock().unwrap().clone();
+    Some(der)
+}
+
+fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert.pem()),
+        b64(key.serialize_pem())
+    );
+    (yaml, cert.der().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_certificate_reaches_new_handshakes() {
+    let tls_port = support::free_port();
+    let https = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: secure, namespace: default}}
+spec:
+  gatewayClassName: cedille
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners:
+  - name: https
+    port: {tls_port}
+    protocol: HTTPS
+    hostname: "*.example.com"
+    tls: {{certificateRefs: [{{name: site}}]}}
+"#
+    );
+    let (first, first_der) = tls_secret("site", "*.example.com");
+    let env = Env::start(&[("https.yaml", &https), ("secret.yaml", &first)], |_| {}).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    eventually(Duration::from_secs(5), || async {
+        presented(addr, "a.example.com").await.as_deref() == Some(&first_der[..])
+    })
+    .await
+    .expect("the first certificate is served");
+    // A name no listener claims gets no certificate at all.
+    assert_eq!(presented(addr, "other.org").await, None);
+
+    let (second, second_der) = tls_secret("site", "*.example.com");
+    env.write("secret.yaml", &second);
+    eventually(Duration::from_secs(5), || async {
+        presented(addr, "b.example.com").await.as_deref() == Some(&second_der[..])
+    })
+    .await
+    .expect("the rotated certificate is served to new handshakes");
+    let failures = env.metrics().await;
+    assert!(
+        failures.contains("cedille_gateway_tls_handshake_failures_total 1"),
+        "{failures}"
+    );
+}
