@@ -1,1 +1,227 @@
+//! Translation from YAML fixtures: precedence, listener selection and status, and a property
+//! check of route selection against a brute-force reference.
 
+use std::{collections::BTreeSet, path::Path, sync::Arc};
+
+use super::translate;
+use crate::{ir, manifest, store::Store};
+
+const CLASS_AND_GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: cedille}
+spec: {controllerName: cedille.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns}
+spec:
+  gatewayClassName: cedille
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: foo, port: 80, protocol: HTTP, hostname: foo.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: ns}
+spec: {ports: [{port: 80}]}
+"#;
+
+fn store(docs: &[&str]) -> Store {
+    let mut s = Store::new();
+    for (i, d) in docs.iter().enumerate() {
+        let name = format!("f{i}.yaml");
+        let parsed = manifest::parse(Path::new(&name), d);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        s.apply_source(&name, parsed);
+    }
+    s
+}
+
+fn port(snap: &ir::Snapshot) -> Arc<ir::PortConfig> {
+    snap.ports.values().next().expect("one socket").clone()
+}
+
+/// The route name and rule index that `host` + `path` selects, if any.
+fn pick(p: &ir::PortConfig, host: &str, path: &str, method: &str) -> Option<(String, usize)> {
+    let l = p.listener_for(Some(host))?;
+    let v = l.vhosts.find(host)?;
+    let method: http::Method = method.parse().unwrap();
+    v.entries
+        .iter()
+        .find(|e| {
+            e.matcher.path.matches(path) && e.matcher.method.as_ref().is_none_or(|m| *m == method)
+        })
+        .map(|e| (e.rule.route.name.clone(), e.rule.index))
+}
+
+fn route(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+    )
+}
+
+#[test]
+fn precedence_exact_then_longest_prefix_then_method_then_age() {
+    let r1 = route(
+        "older",
+        "  - matches: [{path: {type: PathPrefix, value: /a}}]\n    backendRefs: [{name: svc, port: 80}]\n",
+    );
+    let r2 = route(
+        "newer",
+        "  - matches: [{path: {type: PathPrefix, value: /a}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /a/b}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: Exact, value: /a/b/c}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /a/b}, method: POST}]\n    backendRefs: [{name: svc, port: 80}]\n",
+    );
+    let s = store(&[CLASS_AND_GATEWAY, &r1, &r2]);
+    let out = translate(&s, None, "t", &BTreeSet::new());
+    let p = port(&out.snapshot);
+    let cases = [
+        ("/a", "GET", ("older", 0)), // equal prefixes: the older route
+        ("/a/x", "GET", ("older", 0)),
+        ("/a/b/x", "GET", ("newer", 1)),  // longest prefix
+        ("/a/b/c", "GET", ("newer", 2)),  // exact beats every prefix
+        ("/a/b/x", "POST", ("newer", 3)), // a method match beats none at the same prefix
+    ];
+    for (path, method, (route, rule)) in cases {
+        assert_eq!(
+            pick(&p, "x.org", path, method),
+            Some((route.to_owned(), rule)),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(pick(&p, "x.org", "/b", "GET"), None);
+}
+
+#[test]
+fn the_most_specific_listener_isolates_its_routes() {
+    let general = route("general", "  - backendRefs: [{name: svc, port: 80}]\n")
+        .replace("[{name: gw}]", "[{name: gw, sectionName: http}]");
+    let foo = route("foo", "  - matches: [{path: {type: Exact, value: /only}}]\n    backendRefs: [{name: svc, port: 80}]\n").replace("[{name: gw}]", "[{name: gw, sectionName: foo}]");
+    let s = store(&[CLASS_AND_GATEWAY, &general, &foo]);
+    let out = translate(&s, None, "t", &BTreeSet::new());
+    let p = port(&out.snapshot);
+    assert_eq!(pick(&p, "bar.org", "/any", "GET").unwrap().0, "general");
+    assert_eq!(
+        pick(&p, "foo.example.com", "/only", "GET").unwrap().0,
+        "foo"
+    );
+    // foo.example.com belongs to listener foo: the general route does not catch it.
+    assert_eq!(pick(&p, "foo.example.com", "/any", "GET"), None);
+    let gw = &out.status.gateways["ns/gw"].status;
+    let attached: Vec<i32> = gw.listeners.iter().map(|l| l.attached_routes).collect();
+    assert_eq!(attached, vec![1, 1]);
+}
+
+#[test]
+fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
+    let other = CLASS_AND_GATEWAY.replace("cedille.io/gateway-controller", "example.com/other");
+    let r = route("r", "  - backendRefs: [{name: missing, port: 80}]\n");
+    let s = store(&[&other, &r]);
+    let out = translate(&s, None, "t", &BTreeSet::new());
+    assert!(out.snapshot.ports.is_empty());
+    assert!(out.status.gateway_classes.is_empty() && out.status.gateways.is_empty());
+    assert!(
+        out.status.http_routes.is_empty(),
+        "no status for parents that are not ours"
+    );
+
+    let s = store(&[CLASS_AND_GATEWAY, &r]);
+    let out = translate(&s, None, "t", &BTreeSet::new());
+    let conds = &out.status.http_routes["ns/r"].status.parents[0].conditions;
+    let resolved = conds.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", "BackendNotFound")
+    );
+}
+
+#[test]
+fn unchanged_conditions_keep_their_transition_time() {
+    let r = route("r", "  - backendRefs: [{name: svc, port: 80}]\n");
+    let s = store(&[CLASS_AND_GATEWAY, &r]);
+    let first = translate(&s, None, "T1", &BTreeSet::new());
+    let second = translate(&s, Some(&first.status), "T2", &BTreeSet::new());
+    let times = |o: &super::Output| {
+        o.status.http_routes["ns/r"].status.parents[0]
+            .conditions
+            .iter()
+            .map(|c| c.last_transition_time.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(times(&second), vec!["T1".to_owned(), "T1".to_owned()]);
+}
+
+/// Random routes and requests: the first matching entry of the sorted virtual host must be
+/// the match a direct reading of the spec's precedence rules picks.
+#[test]
+fn selection_agrees_with_a_brute_force_reading_of_the_spec() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(7);
+    let segments = ["a", "b", "c"];
+    let rand_path = |rng: &mut StdRng| -> String {
+        let n = rng.random_range(0..4);
+        let mut p = String::new();
+        for _ in 0..n {
+            p.push('/');
+            p.push_str(segments[rng.random_range(0..segments.len())]);
+        }
+        if p.is_empty() { "/".into() } else { p }
+    };
+    for round in 0..60 {
+        // (route index, rule index, exact?, path, method)
+        let mut specs = Vec::new();
+        let mut docs = vec![CLASS_AND_GATEWAY.to_owned()];
+        for r in 0..rng.random_range(1..4) {
+            let mut rules = String::new();
+            for rule in 0..rng.random_range(1..4) {
+                let exact = rng.random_bool(0.3);
+                let path = rand_path(&mut rng);
+                let method = if rng.random_bool(0.3) {
+                    Some("POST")
+                } else {
+                    None
+                };
+                let m = method.map(|m| format!(", method: {m}")).unwrap_or_default();
+                let t = if exact { "Exact" } else { "PathPrefix" };
+                rules.push_str(&format!("  - matches: [{{path: {{type: {t}, value: \"{path}\"}}{m}}}]\n    backendRefs: [{{name: svc, port: 80}}]\n"));
+                specs.push((r, rule, exact, path, method));
+            }
+            docs.push(route(&format!("r{r}"), &rules));
+        }
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let s = store(&refs);
+        let out = translate(&s, None, "t", &BTreeSet::new());
+        let p = port(&out.snapshot);
+        for _ in 0..20 {
+            let path = rand_path(&mut rng);
+            let method = if rng.random_bool(0.5) { "POST" } else { "GET" };
+            let matches = |exact: bool, mp: &str| {
+                if exact {
+                    path == mp
+                } else {
+                    mp == "/" || path == mp || path.starts_with(&format!("{mp}/"))
+                }
+            };
+            // The spec: exact first, then the longest prefix, then a method match; then the
+            // oldest route (file order here), then rule order.
+            let best = specs
+                .iter()
+                .filter(|(_, _, exact, mp, m)| matches(*exact, mp) && m.is_none_or(|m| m == method))
+                .max_by_key(|(r, rule, exact, mp, m)| {
+                    (
+                        *exact,
+                        mp.len(),
+                        m.is_some(),
+                        std::cmp::Reverse(*r),
+                        std::cmp::Reverse(*rule),
+                    )
+                });
+            let want = best.map(|(r, rule, ..)| (format!("r{r}"), *rule));
+            assert_eq!(
+                pick(&p, "x.org", &path, method),
+                want,
+                "round {round}: {method} {path} with {specs:?}"
+            );
+        }
+    }
+}
