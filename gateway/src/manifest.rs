@@ -191,6 +191,8 @@ fn parse_object(file: &str, document: usize, mut value: Value) -> DocResult {
         Kind::Gateway => typed::<gwapi::Gateway>(value).map(Object::Gateway),
         Kind::HttpRoute => typed::<gwapi::HttpRoute>(value).map(Object::HttpRoute),
         Kind::ReferenceGrant => typed::<gwapi::ReferenceGrant>(value).map(Object::ReferenceGrant),
+        Kind::ListenerSet => typed::<gwapi::ListenerSet>(value).map(Object::ListenerSet),
+
         Kind::Secret => typed::<core::Secret>(value).map(Object::Secret),
         Kind::Service => typed::<core::Service>(value).map(Object::Service),
         Kind::EndpointSlice => typed::<core::EndpointSlice>(value).map(Object::EndpointSlice),

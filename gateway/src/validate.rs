@@ -21,6 +21,8 @@ pub fn object(o: &Object) -> Problems {
     }
     match o {
         Object::Gateway(g) => gateway(&g.spec, &mut p),
+        Object::ListenerSet(s) => listeners(&s.spec.listeners, &mut p),
+
         Object::HttpRoute(r) => http_route(&r.spec, &mut p),
         Object::GatewayClass(c) if c.spec.controller_name.is_empty() => {
             p.push(("spec.controllerName".into(), "must not be empty".into()));
@@ -50,12 +52,18 @@ pub fn is_valid_hostname(h: &str) -> bool {
 }
 
 fn gateway(spec: &gwapi::GatewaySpec, p: &mut Problems) {
-    if spec.listeners.is_empty() || spec.listeners.len() > 64 {
+    listeners(&spec.listeners, p);
+    gateway_addresses(spec, p);
+}
+
+/// Listener rules shared by Gateways and ListenerSets.
+fn listeners(list: &[gwapi::Listener], p: &mut Problems) {
+    if list.is_empty() || list.len() > 64 {
         p.push(("spec.listeners".into(), "must have 1 to 64 entries".into()));
     }
     let mut names = HashSet::new();
     let mut combos = HashSet::new();
-    for (i, l) in spec.listeners.iter().enumerate() {
+    for (i, l) in list.iter().enumerate() {
         let f = |field: &str| format!("spec.listeners[{i}].{field}");
         if !names.insert(&l.name) {
             p.push((f("name"), format!("duplicate listener name {:?}", l.name)));
@@ -87,6 +95,9 @@ fn gateway(spec: &gwapi::GatewaySpec, p: &mut Problems) {
             ));
         }
     }
+}
+
+fn gateway_addresses(spec: &gwapi::GatewaySpec, p: &mut Problems) {
     for (i, a) in spec.addresses.iter().enumerate() {
         let t = a.type_.as_deref().unwrap_or("IPAddress");
         if t == "IPAddress" && !a.value.is_empty() && a.value.parse::<std::net::IpAddr>().is_err() {

@@ -10,6 +10,7 @@ pub enum Kind {
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
     ReferenceGrant,
+    ListenerSet,
     Secret,
     Service,
     EndpointSlice,
@@ -25,6 +26,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
+            ("gateway.networking.k8s.io", "ListenerSet") => Kind::ListenerSet,
             ("", "Secret") => Kind::Secret,
             ("", "Service") => Kind::Service,
             ("", "Namespace") => Kind::Namespace,
@@ -39,6 +41,8 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::ListenerSet => "ListenerSet",
+
             Kind::Secret => "Secret",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",

@@ -2,7 +2,7 @@
 //! status, and finally the per-socket listener table of the snapshot.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
@@ -29,11 +29,26 @@ pub(crate) struct GatewayState<'a> {
     pub age: (&'a str, u64),
     pub conditions: Conditions,
     pub addresses: Vec<IpAddr>,
+    /// The Gateway's own listeners, then those of its ListenerSets, in precedence order.
     pub listeners: Vec<ListenerState<'a>>,
+    pub sets: Vec<SetState>,
+}
+
+/// A ListenerSet aimed at a Gateway of ours.
+pub(crate) struct SetState {
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    /// Why the Gateway does not take it, if it does not.
+    pub refused: Option<String>,
 }
 
 pub(crate) struct ListenerState<'a> {
     pub spec: &'a gwapi::Listener,
+    /// The ListenerSet `(namespace, name)` it comes from; `None` for the Gateway's own.
+    pub owner: Option<(String, String)>,
+    /// Namespace of the Gateway or ListenerSet that defines it ("Same" in allowedRoutes).
+    pub owner_ns: String,
     /// `None` when the protocol is not supported.
     pub protocol: Option<Protocol>,
     pub kinds: Vec<SupportedKind>,
@@ -129,17 +144,29 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
                 .spec
                 .listeners
                 .iter()
-                .map(|l| listener(ctx, &ns, l))
+                .map(|l| listener(ctx, &ns, None, l))
                 .collect(),
+            sets: Vec::new(),
         };
-        protocol_conflicts(&mut state.listeners);
+        listener_sets(ctx, &mut state);
+        conflicts(&mut state.listeners);
         gateway_conditions(&mut state);
         gateways.insert((ns, g.metadata.name.clone()), state);
     }
     Gateways { classes, gateways }
 }
 
-fn listener<'a>(ctx: &Ctx<'a>, gw_ns: &str, spec: &'a gwapi::Listener) -> ListenerState<'a> {
+fn listener<'a>(
+    ctx: &Ctx<'a>,
+    gw_ns: &str,
+    owner: Option<(String, String)>,
+    spec: &'a gwapi::Listener,
+) -> ListenerState<'a> {
+    let from_kind = if owner.is_some() {
+        "ListenerSet"
+    } else {
+        "Gateway"
+    };
     let mut conds = Conditions::default();
     let protocol = match spec.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
@@ -148,6 +175,8 @@ fn listener<'a>(ctx: &Ctx<'a>, gw_ns: &str, spec: &'a gwapi::Listener) -> Listen
     };
     let mut state = ListenerState {
         spec,
+        owner,
+        owner_ns: gw_ns.to_owned(),
         protocol,
         kinds: Vec::new(),
         conditions: Conditions::default(),
@@ -220,7 +249,7 @@ fn listener<'a>(ctx: &Ctx<'a>, gw_ns: &str, spec: &'a gwapi::Listener) -> Listen
             )));
         }
         for r in refs {
-            match certificate(ctx, gw_ns, r) {
+            match certificate(ctx, from_kind, gw_ns, r) {
                 Ok(ck) => state.certs.push(ck),
                 Err(e) => resolved = resolved.and(Err(e)),
             }
@@ -247,6 +276,7 @@ fn listener<'a>(ctx: &Ctx<'a>, gw_ns: &str, spec: &'a gwapi::Listener) -> Listen
 
 fn certificate(
     ctx: &Ctx<'_>,
+    from_kind: &str,
     gw_ns: &str,
     r: &gwapi::SecretObjectReference,
 ) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
@@ -263,7 +293,7 @@ fn certificate(
         ));
     }
     if !ctx.ref_allowed(
-        (GATEWAY_GROUP, "Gateway", gw_ns),
+        (GATEWAY_GROUP, from_kind, gw_ns),
         ("", "Secret", ns, &r.name),
     ) {
         return Err((
@@ -288,34 +318,97 @@ fn certificate(
     })
 }
 
-/// Listeners of one Gateway on the same port with different protocols conflict.
-fn protocol_conflicts(listeners: &mut [ListenerState<'_>]) {
-    let mut by_port: HashMap<i32, Vec<Protocol>> = HashMap::new();
-    for l in listeners.iter() {
-        if let Some(p) = l.protocol {
-            by_port.entry(l.spec.port).or_default().push(p);
-        }
-    }
-    for l in listeners.iter_mut() {
-        let Some(ps) = by_port.get(&l.spec.port) else {
-            continue;
+/// ListenerSets aimed at this Gateway, oldest first: refused unless the Gateway's
+/// `allowedListeners` admits their namespace, otherwise their listeners join the Gateway's.
+fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
+    let mut sets: Vec<_> = ctx
+        .store
+        .kind(Kind::ListenerSet)
+        .filter_map(|stored| match stored.object.as_ref() {
+            Object::ListenerSet(ls) => Some((stored.age_key(), ls)),
+            _ => None,
+        })
+        .filter(|(_, ls)| {
+            let p = &ls.spec.parent_ref;
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                && p.name == state.name
+                && p.namespace.as_deref().unwrap_or(ls.metadata.ns()) == state.namespace
+        })
+        .collect();
+    sets.sort_by(|a, b| {
+        (a.0, a.1.metadata.ns(), &a.1.metadata.name).cmp(&(
+            b.0,
+            b.1.metadata.ns(),
+            &b.1.metadata.name,
+        ))
+    });
+    let allowed = state
+        .gateway
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    for (_, ls) in sets {
+        let ns = ls.metadata.ns().to_owned();
+        let admitted = match allowed.and_then(|a| a.from.as_deref()).unwrap_or("None") {
+            "All" => true,
+            "Same" => ns == state.namespace,
+            "Selector" => allowed
+                .and_then(|a| a.selector.as_ref())
+                .is_some_and(|sel| sel.matches(&ctx.namespace_labels(&ns))),
+            _ => false,
         };
-        if ps.iter().any(|p| Some(*p) != l.protocol) {
-            l.conditions.set(
-                "Conflicted",
-                true,
-                "ProtocolConflict",
-                format!(
-                    "another listener on port {} uses a different protocol",
-                    l.spec.port
-                ),
+        let refused = (!admitted).then(|| {
+            format!(
+                "Gateway {}/{} does not allow ListenerSets from namespace {ns} (spec.allowedListeners)",
+                state.namespace, state.name
+            )
+        });
+        if admitted {
+            let owner = Some((ns.clone(), ls.metadata.name.clone()));
+            state.listeners.extend(
+                ls.spec
+                    .listeners
+                    .iter()
+                    .map(|l| listener(ctx, &ns, owner.clone(), l)),
             );
-            l.conditions.set(
-                "Programmed",
-                false,
-                "Invalid",
-                "listener conflicts with another",
-            );
+        }
+        state.sets.push(SetState {
+            namespace: ns,
+            name: ls.metadata.name.clone(),
+            generation: ls.metadata.generation,
+            refused,
+        });
+    }
+}
+
+/// Listener precedence: the Gateway's own listeners in order, then each ListenerSet's. A
+/// listener that clashes with an earlier one on its port (another protocol, or the same
+/// hostname) is not accepted; the earlier one keeps serving.
+fn conflicts(listeners: &mut [ListenerState<'_>]) {
+    let mut kept: Vec<(i32, String, Option<String>)> = Vec::new();
+    for l in listeners.iter_mut() {
+        let (port, proto, host) = (l.spec.port, &l.spec.protocol, &l.spec.hostname);
+        let clash = kept.iter().find_map(|(p, pr, h)| {
+            if *p != port {
+                None
+            } else if pr != proto {
+                Some("ProtocolConflict")
+            } else if h == host {
+                Some("HostnameConflict")
+            } else {
+                None
+            }
+        });
+        match clash {
+            Some(reason) => {
+                let msg = format!("an earlier listener on port {port} takes precedence ({reason})");
+                l.conditions.set("Accepted", false, reason, msg.clone());
+                l.conditions.set("Programmed", false, reason, msg.clone());
+                l.conditions.set("Conflicted", true, reason, msg);
+            }
+            None => kept.push((port, proto.clone(), host.clone())),
         }
     }
 }
@@ -344,11 +437,10 @@ fn gateway_conditions(state: &mut GatewayState<'_>) {
         .infrastructure
         .as_ref()
         .and_then(|i| i.get("parametersRef"));
-    let valid = state
-        .listeners
-        .iter()
-        .filter(|l| l.accepts_routes())
-        .count();
+    let own = state.listeners.iter().filter(|l| l.owner.is_none());
+    let (valid, total) = own.fold((0, 0), |(v, t), l| {
+        (v + usize::from(l.accepts_routes()), t + 1)
+    });
     if params.is_some() {
         c.set(
             "Accepted",
@@ -358,7 +450,7 @@ fn gateway_conditions(state: &mut GatewayState<'_>) {
         );
     } else if let Some(msg) = unsupported_address {
         c.set("Accepted", false, "UnsupportedAddress", msg);
-    } else if valid == state.listeners.len() {
+    } else if valid == total {
         c.set("Accepted", true, "Accepted", "");
     } else if valid > 0 {
         c.set(
@@ -500,24 +592,95 @@ pub(crate) fn finish(
                 "no listener could be programmed",
             );
         }
-        let listeners = gw
-            .listeners
-            .into_iter()
-            .map(|l| {
-                let prev_l =
-                    prev.and_then(|p| p.status.listeners.iter().find(|pl| pl.name == l.spec.name));
-                ListenerStatus {
-                    name: l.spec.name.clone(),
-                    supported_kinds: l.kinds,
-                    attached_routes: l.attached_routes,
-                    conditions: l.conditions.finish(
-                        generation,
-                        prev_l.map(|p| p.conditions.as_slice()),
-                        ctx.now,
-                    ),
+        // Listener statuses: the Gateway's own on the Gateway, the others on their set.
+        let mut own = Vec::new();
+        let mut by_set: BTreeMap<(String, String), Vec<ListenerStatus>> = BTreeMap::new();
+        for l in gw.listeners {
+            let set_key = l.owner.clone();
+            let prev_list = match &set_key {
+                None => prev.map(|p| p.status.listeners.as_slice()),
+                Some((ns, n)) => ctx
+                    .prev
+                    .and_then(|p| p.listener_sets.get(&format!("{ns}/{n}")))
+                    .map(|e| e.status.listeners.as_slice()),
+            };
+            let prev_l = prev_list.and_then(|ls| ls.iter().find(|pl| pl.name == l.spec.name));
+            let set_gen = set_key
+                .as_ref()
+                .and_then(|(ns, n)| gw.sets.iter().find(|s| &s.namespace == ns && &s.name == n))
+                .map(|s| s.generation);
+            let st = ListenerStatus {
+                name: l.spec.name.clone(),
+                supported_kinds: l.kinds,
+                attached_routes: l.attached_routes,
+                conditions: l.conditions.finish(
+                    set_gen.unwrap_or(generation),
+                    prev_l.map(|p| p.conditions.as_slice()),
+                    ctx.now,
+                ),
+            };
+            match set_key {
+                None => own.push(st),
+                Some(k) => by_set.entry(k).or_default().push(st),
+            }
+        }
+        let listeners = own;
+        let mut attached_sets = 0;
+        for set in &gw.sets {
+            let key = format!("{}/{}", set.namespace, set.name);
+            let lists = by_set
+                .remove(&(set.namespace.clone(), set.name.clone()))
+                .unwrap_or_default();
+            let mut c = Conditions::default();
+            // Valid: at least one of its listeners can serve.
+            let ok = lists.iter().any(|l| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+            });
+
+            match (&set.refused, ok) {
+                (Some(why), _) => {
+                    c.set("Accepted", false, "NotAllowed", why.clone());
+                    c.set("Programmed", false, "NotAllowed", why.clone());
                 }
-            })
-            .collect();
+                (None, false) => {
+                    c.set(
+                        "Accepted",
+                        false,
+                        "ListenersNotValid",
+                        "no listener of this ListenerSet is valid; see their status",
+                    );
+                    c.set(
+                        "Programmed",
+                        false,
+                        "ListenersNotValid",
+                        "no listener of this ListenerSet is valid; see their status",
+                    );
+                }
+                (None, true) => {
+                    attached_sets += 1;
+                    c.set("Accepted", true, "Accepted", "");
+                    c.set("Programmed", true, "Programmed", "");
+                }
+            }
+            let prev_set = ctx
+                .prev
+                .and_then(|p| p.listener_sets.get(&key))
+                .map(|e| e.status.conditions.as_slice());
+            report.listener_sets.insert(
+                key,
+                Entry {
+                    namespace: set.namespace.clone(),
+                    name: set.name.clone(),
+                    generation: set.generation,
+                    status: super::status::ListenerSetStatus {
+                        conditions: c.finish(set.generation, prev_set, ctx.now),
+                        listeners: lists,
+                    },
+                },
+            );
+        }
         // The addresses the Gateway is reachable on: those it listens on, minus any that
         // could not be bound.
         let addresses = gw
@@ -544,6 +707,7 @@ pub(crate) fn finish(
                         ctx.now,
                     ),
                     listeners,
+                    attached_listener_sets: attached_sets,
                 },
             },
         );

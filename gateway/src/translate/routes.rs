@@ -53,17 +53,33 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
         for pref in &route.spec.parent_refs {
             let group = pref.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = pref.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" {
-                continue;
-            }
-            let gw_ns = pref.namespace.as_deref().unwrap_or(ns);
-            let Some(gw) = gws.gateways.get_mut(&(gw_ns.to_owned(), pref.name.clone())) else {
+            let parent_ns = pref.namespace.as_deref().unwrap_or(ns);
+            // The Gateway whose listeners the parentRef reaches, and the ListenerSet in
+            // between when the parent is one.
+            let (gw_key, owner) = match (group, kind) {
+                (GATEWAY_GROUP, "Gateway") => ((parent_ns.to_owned(), pref.name.clone()), None),
+                (GATEWAY_GROUP, "ListenerSet") => {
+                    let Some(Object::ListenerSet(ls)) =
+                        ctx.store.get_obj(Kind::ListenerSet, parent_ns, &pref.name)
+                    else {
+                        continue;
+                    };
+                    let p = &ls.spec.parent_ref;
+                    let gw_ns = p.namespace.as_deref().unwrap_or(parent_ns);
+                    (
+                        (gw_ns.to_owned(), p.name.clone()),
+                        Some((parent_ns.to_owned(), pref.name.clone())),
+                    )
+                }
+                _ => continue,
+            };
+            let Some(gw) = gws.gateways.get_mut(&gw_key) else {
                 continue;
             };
             let mut conds = Conditions::default();
             let accepted = match &checked {
                 Err(msg) => Err(("UnsupportedValue", msg.clone())),
-                Ok(c) => attach(ctx, route, pref, gw, c, stored.age_key()),
+                Ok(c) => attach(ctx, route, pref, gw, owner.as_ref(), c, stored.age_key()),
             };
             match accepted {
                 Ok(()) => conds.set("Accepted", true, "Accepted", ""),
@@ -76,8 +92,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
             // Status names the parent with defaults filled in, as the API server would.
             let mut parent_ref = pref.clone();
             parent_ref.group = Some(GATEWAY_GROUP.to_owned());
-            parent_ref.kind = Some("Gateway".to_owned());
-            parent_ref.namespace = Some(gw_ns.to_owned());
+            parent_ref.kind = Some(kind.to_owned());
+            parent_ref.namespace = Some(parent_ns.to_owned());
             let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
@@ -111,14 +127,18 @@ fn attach(
     route: &gwapi::HttpRoute,
     pref: &gwapi::ParentReference,
     gw: &mut super::gateways::GatewayState<'_>,
+    owner: Option<&(String, String)>,
     checked: &Checked,
     age: (&str, u64),
 ) -> Result<(), (&'static str, String)> {
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
+            // A Gateway parent reaches the Gateway's own listeners, a ListenerSet its own.
+            let owned = gw.listeners[i].owner.as_ref() == owner;
             let l = gw.listeners[i].spec;
-            pref.section_name.as_ref().is_none_or(|s| s == &l.name)
+            owned
+                && pref.section_name.as_ref().is_none_or(|s| s == &l.name)
                 && pref.port.is_none_or(|p| p == l.port)
         })
         .collect();
@@ -133,7 +153,7 @@ fn attach(
         let l = &gw.listeners[i];
         l.accepts_routes()
             && l.kinds.iter().any(|k| k.kind == "HTTPRoute")
-            && namespace_allowed(l.spec, &gw.namespace, route_ns, &ns_labels)
+            && namespace_allowed(l.spec, &l.owner_ns, route_ns, &ns_labels)
     });
     if candidates.is_empty() {
         return Err((
@@ -142,11 +162,15 @@ fn attach(
         ));
     }
     let mut attached_any = false;
+    let (parent_namespace, parent_name) = match owner {
+        Some((ns, name)) => (ns.clone(), name.clone()),
+        None => (gw.namespace.clone(), gw.name.clone()),
+    };
     let parent = RouteId {
         namespace: route_ns.to_owned(),
         name: route.metadata.name.clone(),
-        parent_namespace: gw.namespace.clone(),
-        parent_name: gw.name.clone(),
+        parent_namespace,
+        parent_name,
     };
     let built = Arc::new(BuiltRoute {
         age: (age.0.to_owned(), age.1),

@@ -72,6 +72,15 @@ pub struct GatewayStatus {
     pub addresses: Vec<GatewayStatusAddress>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+    /// ListenerSets attached to (accepted by) this Gateway.
+    pub attached_listener_sets: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetStatus {
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -127,6 +136,7 @@ pub struct Entry<S> {
 pub struct StatusReport {
     pub gateway_classes: BTreeMap<String, Entry<GatewayClassStatus>>,
     pub gateways: BTreeMap<String, Entry<GatewayStatus>>,
+    pub listener_sets: BTreeMap<String, Entry<ListenerSetStatus>>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<String, Entry<RouteStatus>>,
     /// Manifests that were rejected, with the reason (file, document, object, field).

@@ -55,7 +55,7 @@ fn spec_listener_count(objects: &[Value], ns: &str, name: &str) -> usize {
 /// Everything `exp` expects that `st` does not show. Empty means the expectations hold.
 pub fn check(exp: &Value, st: &Value, objects: &[Value]) -> Vec<String> {
     let mut fails = Vec::new();
-    for kind in ["listenerSets", "backendTLSPolicies"] {
+    for kind in ["backendTLSPolicies"] {
         if exp.get(kind).is_some_and(|v| !v.is_null()) {
             fails.push(format!("{kind}: not supported by cedille-gateway"));
         }
@@ -84,10 +84,53 @@ pub fn check(exp: &Value, st: &Value, objects: &[Value]) -> Vec<String> {
     for g in arr(exp, "/gateways") {
         check_gateway(&g, st, objects, &mut fails);
     }
+    for ls in arr(exp, "/listenerSets") {
+        check_listener_set(&ls, st, &mut fails);
+    }
     for r in arr(exp, "/routes") {
         check_route(&r, st, &mut fails);
     }
     fails
+}
+
+fn check_listener_set(x: &Value, st: &Value, fails: &mut Vec<String>) {
+    let name = s(x, "/name");
+    let Some(e) = st["listenerSets"].get(name) else {
+        fails.push(format!("ListenerSet {name}: no status"));
+        return;
+    };
+    let conds = arr(e, "/status/conditions");
+    if !all_current(&conds, &e["generation"]) {
+        fails.push(format!(
+            "ListenerSet {name}: conditions not at generation {}",
+            e["generation"]
+        ));
+    }
+    for c in arr(x, "/conditions") {
+        if !has_cond(&conds, &c) {
+            fails.push(format!(
+                "ListenerSet {name}: missing condition {c} in [{}]",
+                show(&conds)
+            ));
+        }
+    }
+    let listeners = arr(e, "/status/listeners");
+    if arr(x, "/checks").iter().any(|c| c == "listenersReady") {
+        for l in &listeners {
+            let lc = arr(l, "/conditions");
+            for t in ["Accepted", "ResolvedRefs", "Programmed"] {
+                if !has_cond(&lc, &serde_json::json!({"type": t, "status": "True"})) {
+                    fails.push(format!(
+                        "ListenerSet {name} listener {}: [{}]",
+                        s(l, "/name"),
+                        show(&lc)
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    check_listener_list(&format!("ListenerSet {name}"), x, &listeners, fails);
 }
 
 fn check_gateway(g: &Value, st: &Value, objects: &[Value], fails: &mut Vec<String>) {
@@ -163,6 +206,20 @@ fn check_gateway(g: &Value, st: &Value, objects: &[Value], fails: &mut Vec<Strin
             ));
         }
     }
+    if let Some(n) = g.get("attachedListenerSets").and_then(Value::as_i64)
+        && e["status"]["attachedListenerSets"].as_i64().unwrap_or(0) != n
+    {
+        fails.push(format!(
+            "Gateway {name}: attachedListenerSets {} expected {n}",
+            e["status"]["attachedListenerSets"]
+        ));
+    }
+    check_listener_list(&format!("Gateway {name}"), g, &listeners, fails);
+}
+
+/// `listeners` + `listenersMatch` (exact or named) of a Gateway or ListenerSet expectation.
+fn check_listener_list(owner: &str, g: &Value, listeners: &[Value], fails: &mut Vec<String>) {
+    let name = owner;
     let expected = arr(g, "/listeners");
     if expected.is_empty() {
         return;
@@ -178,14 +235,14 @@ fn check_gateway(g: &Value, st: &Value, objects: &[Value], fails: &mut Vec<Strin
     for x in expected {
         let lname = s(&x, "/name");
         let Some(l) = listeners.iter().find(|l| s(l, "/name") == lname) else {
-            fails.push(format!("Gateway {name}: no status for listener {lname}"));
+            fails.push(format!("{name}: no status for listener {lname}"));
             continue;
         };
         let lc = arr(l, "/conditions");
         for c in arr(&x, "/conditions") {
             if !has_cond(&lc, &c) {
                 fails.push(format!(
-                    "Gateway {name} listener {lname}: missing {c} in [{}]",
+                    "{name} listener {lname}: missing {c} in [{}]",
                     show(&lc)
                 ));
             }
@@ -197,7 +254,7 @@ fn check_gateway(g: &Value, st: &Value, objects: &[Value], fails: &mut Vec<Strin
             && l["attachedRoutes"] != *n
         {
             fails.push(format!(
-                "Gateway {name} listener {lname}: attachedRoutes {} expected {n}",
+                "{name} listener {lname}: attachedRoutes {} expected {n}",
                 l["attachedRoutes"]
             ));
         }
@@ -208,14 +265,14 @@ fn check_gateway(g: &Value, st: &Value, objects: &[Value], fails: &mut Vec<Strin
                 .collect();
             if kinds.is_empty() && !have.is_empty() {
                 fails.push(format!(
-                    "Gateway {name} listener {lname}: supportedKinds {have:?} expected none"
+                    "{name} listener {lname}: supportedKinds {have:?} expected none"
                 ));
             }
             for k in kinds {
                 let k = k.as_str().or_else(|| k["kind"].as_str()).unwrap_or("");
                 if !have.iter().any(|h| h == k) {
                     fails.push(format!(
-                        "Gateway {name} listener {lname}: supportedKinds {have:?} lacks {k}"
+                        "{name} listener {lname}: supportedKinds {have:?} lacks {k}"
                     ));
                 }
             }
@@ -248,8 +305,30 @@ fn check_route(r: &Value, st: &Value, fails: &mut Vec<String>) {
             "HTTPRoute {name}: parent conditions not at generation {gen_}"
         ));
     }
+    // Parents the route does not declare must not appear (the test's intent).
+    for a in arr(r, "/absentParents") {
+        let (kind, who) = if a.get("listenerSet").is_some() {
+            ("ListenerSet", s(&a, "/listenerSet"))
+        } else {
+            ("Gateway", s(&a, "/gateway"))
+        };
+        let (ans, aname) = who.split_once('/').unwrap_or(("", who));
+        if parents.iter().any(|x| {
+            s(x, "/parentRef/kind") == kind
+                && s(x, "/parentRef/name") == aname
+                && [ans, ""].contains(&s(x, "/parentRef/namespace"))
+        }) {
+            fails.push(format!(
+                "HTTPRoute {name}: status lists {kind} {who}, which it does not reference"
+            ));
+        }
+    }
     for p in arr(r, "/parents") {
-        let gw = s(&p, "/gateway");
+        // The expected parent is a Gateway or a ListenerSet; both are matched by name.
+        let gw = Some(s(&p, "/gateway"))
+            .filter(|g| !g.is_empty())
+            .unwrap_or(s(&p, "/listenerSet"));
+
         let (gns, gname) = gw.split_once('/').unwrap_or(("", gw));
         let found = parents.iter().find(|x| {
             s(x, "/parentRef/name") == gname
