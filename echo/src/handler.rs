@@ -75,8 +75,12 @@ type EchoResponse = Response<Full<Bytes>>;
 pub(crate) async fn handle(
     echo: Arc<Echo>,
     conn: Arc<ConnInfo>,
-    req: hyper::Request<Incoming>,
+    mut req: hyper::Request<Incoming>,
 ) -> Result<EchoResponse, Aborted> {
+    if crate::websocket::is_websocket(req.headers()) {
+        echo.record(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        return Ok(crate::websocket::accept(&mut req));
+    }
     let (parts, body) = req.into_parts();
     echo.record(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let echoed = describe(&echo, &conn, &parts);

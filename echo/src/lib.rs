@@ -37,6 +37,7 @@ mod duration;
 mod handler;
 mod retry;
 mod tls;
+mod websocket;
 
 use std::future::Future;
 use std::io;
@@ -189,7 +190,7 @@ pub async fn serve(
                             let service = service_fn(move |req| {
                                 handler::handle(Arc::clone(&echo), Arc::clone(&info), req)
                             });
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn).await
                         }
                         Some(acceptor) => {
@@ -211,7 +212,7 @@ pub async fn serve(
                             let service = service_fn(move |req| {
                                 handler::handle(Arc::clone(&echo), Arc::clone(&info), req)
                             });
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn).await
                         }
                     };

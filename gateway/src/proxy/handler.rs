@@ -186,10 +186,13 @@ async fn process(
     port: &PortConfig,
     conn: &ConnInfo,
     entry: &RouteEntry,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     host: String,
 ) -> Response<Body> {
     let rule = &entry.rule;
+    // An HTTP/1.1 protocol upgrade (WebSocket): forwarded, then the two connections are
+    // joined once the backend agrees.
+    let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let scheme = if port.protocol == Protocol::Https {
         "https"
     } else {
@@ -257,7 +260,12 @@ async fn process(
     };
 
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    if upgrade.is_some() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let mut path_and_query = parts
         .uri
         .path_and_query()
@@ -408,8 +416,20 @@ async fn process(
             tokio::time::sleep(r.backoff).await;
             continue;
         }
+        let mut resp = resp;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (Some(client), true) = (upgrade, switching) {
+            let backend = hyper::upgrade::on(&mut resp);
+            tokio::spawn(super::tunnel::join(client, backend));
+        }
         let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers, false);
+        headers::strip_hop_by_hop(&mut rparts.headers, switching);
+        if switching {
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+
         for e in &response_edits {
             apply_edit(&mut rparts.headers, e);
         }

@@ -37,6 +37,16 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// An HTTP/1.1 upgrade request: `Connection: upgrade` and an `Upgrade` protocol.
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// The host a request is for, lowercased and without port: the URI authority (HTTP/2
 /// `:authority`, absolute-form HTTP/1.1) or the Host header.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {

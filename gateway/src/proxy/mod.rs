@@ -6,6 +6,7 @@ mod handler;
 mod headers;
 pub mod runtime;
 mod tls;
+mod tunnel;
 pub mod upstream;
 
 use bytes::Bytes;

@@ -131,6 +131,26 @@ pub fn plan(
         })
         .unwrap_or_default();
     let mut plan = Plan::default();
+    if let Some(path) = str_of(&r, "/websocket") {
+        let gw = gws.first().cloned().unwrap_or(Value::Null);
+        let ip = ctx.world.gateway_ip(str_of(&gw, "/name").unwrap_or(""));
+        let addr = SocketAddr::new(IpAddr::V4(ip), default_port(&gw, objects, false));
+        plan.initial.push(Planned {
+            after: json!({"websocket": path}),
+            label: format!("websocket {path}"),
+            case: Value::Null,
+            req: Req {
+                method: "GET".into(),
+                path: path.to_owned(),
+                host: ip.to_string(),
+                headers: vec![],
+            },
+            addr,
+            sni: None,
+            h2_only: false,
+        });
+        return Ok(plan);
+    }
     let build = |world: &mut World, i: usize, c: &Value, label: String| -> Vec<Planned> {
         let mut targets: Vec<(Value, Option<u16>, Option<String>)> = Vec::new();
         let routed = r.get("routes").and_then(Value::as_array).and_then(|rs| {
@@ -230,6 +250,10 @@ pub fn plan(
 /// Sends a planned case until it passes three times in a row (a new connection each time),
 /// then runs the checks the case implies.
 pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
+    if c.after.get("websocket").is_some() {
+        // WebSocket is an HTTP/1.1 upgrade; there is no HTTP/2 variant to run.
+        return if h2 { Ok(()) } else { websocket(c).await };
+    }
     let h2 = h2 || c.h2_only;
     let target = Target {
         addr: c.addr,
@@ -276,6 +300,56 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
         .is_some_and(|b| b.as_bool() == Some(true))
     {
         check_backend_header(ctx, c, &target).await?;
+    }
+    Ok(())
+}
+
+/// Three WebSocket connections in a row, each echoing a text and a binary message.
+async fn websocket(c: &Planned) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + CASE_TIMEOUT;
+    let mut streak = 0;
+    let mut last = String::new();
+    while streak < 3 {
+        if Instant::now() > deadline {
+            return Err(format!("websocket did not work 3 times in a row: {last}"));
+        }
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(c.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = format!("ws://{}{}", c.req.host, c.req.path);
+            let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            for msg in [
+                Message::text("Websocket Support!"),
+                Message::binary(vec![1u8, 2, 3, 4, 5, 6, 7]),
+            ] {
+                ws.send(msg.clone())
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                match ws.next().await {
+                    Some(Ok(got)) if got == msg => {}
+                    other => return Err(format!("sent {msg:?}, got {other:?}")),
+                }
+            }
+            let _ = ws.close(None).await;
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(())) => streak += 1,
+            Ok(Err(e)) => {
+                last = e;
+                streak = 0;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => {
+                last = "timed out".into();
+                streak = 0;
+            }
+        }
     }
     Ok(())
 }
