@@ -26,6 +26,8 @@ pub enum Protocol {
 pub struct PortConfig {
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    /// Client certificate validation for this HTTPS port.
+    pub client_auth: Option<Arc<ClientAuth>>,
     /// Listeners sharing this socket, most specific hostname first.
     pub listeners: Vec<Arc<IrListener>>,
 }
@@ -58,6 +60,14 @@ pub struct ListenerId {
     pub listener: String,
 }
 
+/// Frontend client certificate validation (Gateway spec.tls.frontend).
+pub struct ClientAuth {
+    pub roots: Arc<rustls::RootCertStore>,
+    /// `AllowValidOnly`: a certificate from these roots is required. Otherwise
+    /// (`AllowInsecureFallback`) one is asked for, but a missing or invalid one is let in.
+    pub required: bool,
+}
+
 pub struct IrListener {
     pub id: ListenerId,
     pub port: u16,
@@ -65,6 +75,7 @@ pub struct IrListener {
     /// Certificates for HTTPS, in the order of `certificateRefs` (the first usable one is
     /// served, which with several key types lets rustls pick per client).
     pub certs: Vec<Arc<CertifiedKey>>,
+    pub client_auth: Option<Arc<ClientAuth>>,
     pub vhosts: VirtualHosts,
 }
 

@@ -188,12 +188,13 @@ fn parse_object(file: &str, document: usize, mut value: Value) -> DocResult {
     let label = key.to_string();
     let typed = match kind {
         Kind::GatewayClass => typed::<gwapi::GatewayClass>(value).map(Object::GatewayClass),
-        Kind::Gateway => typed::<gwapi::Gateway>(value).map(Object::Gateway),
+        Kind::Gateway => typed::<gwapi::Gateway>(value).map(|g| Object::Gateway(Box::new(g))),
         Kind::HttpRoute => typed::<gwapi::HttpRoute>(value).map(Object::HttpRoute),
         Kind::ReferenceGrant => typed::<gwapi::ReferenceGrant>(value).map(Object::ReferenceGrant),
         Kind::ListenerSet => typed::<gwapi::ListenerSet>(value).map(Object::ListenerSet),
 
         Kind::Secret => typed::<core::Secret>(value).map(Object::Secret),
+        Kind::ConfigMap => typed::<core::ConfigMap>(value).map(Object::ConfigMap),
         Kind::Service => typed::<core::Service>(value).map(Object::Service),
         Kind::EndpointSlice => typed::<core::EndpointSlice>(value).map(Object::EndpointSlice),
         Kind::Namespace => typed::<core::Namespace>(value).map(Object::Namespace),

@@ -134,6 +134,14 @@ pub struct EndpointPort {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Namespace {
     pub metadata: ObjectMeta,
 }

@@ -40,10 +40,63 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<GatewayTls>,
     /// Which ListenerSets may attach (none unless said).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_listeners: Option<AllowedListeners>,
+}
+
+/// Gateway-wide TLS settings (spec.tls).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<FrontendTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendTls>,
+}
+
+/// TLS from the gateway to backends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// The certificate the gateway presents to backends that ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_ref: Option<SecretObjectReference>,
+}
+
+/// Client certificate validation for HTTPS listeners: a default, and per-port overrides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<TlsConfig>,
+    #[serde(default)]
+    pub per_port: Vec<PerPortTls>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerPortTls {
+    pub port: i32,
+    pub tls: TlsConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<FrontendValidation>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendValidation {
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<SecretObjectReference>,
+    /// `AllowValidOnly` (default) or `AllowInsecureFallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

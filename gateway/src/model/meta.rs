@@ -12,6 +12,7 @@ pub enum Kind {
     ReferenceGrant,
     ListenerSet,
     Secret,
+    ConfigMap,
     Service,
     EndpointSlice,
     Namespace,
@@ -28,6 +29,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
             ("gateway.networking.k8s.io", "ListenerSet") => Kind::ListenerSet,
             ("", "Secret") => Kind::Secret,
+            ("", "ConfigMap") => Kind::ConfigMap,
             ("", "Service") => Kind::Service,
             ("", "Namespace") => Kind::Namespace,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
@@ -44,6 +46,7 @@ impl Kind {
             Kind::ListenerSet => "ListenerSet",
 
             Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Namespace => "Namespace",

@@ -43,7 +43,8 @@ impl Default for Limits {
 pub(crate) struct Acceptor {
     pub port: Arc<ArcSwap<PortConfig>>,
     pub shared: Arc<Shared>,
-    pub tls: TlsAcceptor,
+    /// The TLS acceptor for the port's current client validation (rebuilt when it changes).
+    pub tls: std::sync::Mutex<(Option<Arc<crate::ir::ClientAuth>>, TlsAcceptor)>,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
     /// Taken (set to `None`) when draining starts: new connections are then refused.
@@ -84,9 +85,10 @@ impl Acceptor {
         let _ = stream.set_nodelay(true);
         let builder = self.builder();
         if self.port.load().protocol == Protocol::Https {
+            let acceptor = self.acceptor();
             let tls = match tokio::time::timeout(
                 self.limits.tls_handshake_timeout,
-                self.tls.accept(stream),
+                acceptor.accept(stream),
             )
             .await
             {
@@ -134,6 +136,21 @@ impl Acceptor {
             });
             self.serve_http(builder, TokioIo::new(stream), info).await;
         }
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let cfg = self.port.load();
+        let mut cached = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        let same = match (&cached.0, &cfg.client_auth) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            let config = super::tls::server_config(self.port.clone(), cfg.client_auth.as_deref());
+            *cached = (cfg.client_auth.clone(), TlsAcceptor::from(config));
+        }
+        cached.1.clone()
     }
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {

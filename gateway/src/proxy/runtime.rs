@@ -90,7 +90,10 @@ impl DataPlane {
             let acceptor = Arc::new(Acceptor {
                 port: config.clone(),
                 shared: self.shared.clone(),
-                tls: tls::server_config(config.clone()).into(),
+                tls: std::sync::Mutex::new((
+                    cfg.client_auth.clone(),
+                    tls::server_config(config.clone(), cfg.client_auth.as_deref()).into(),
+                )),
                 limits: self.limits.clone(),
                 connections: self.connections.clone(),
                 graceful: self.graceful.clone(),

@@ -18,7 +18,7 @@ use super::{
     },
 };
 use crate::{
-    ir::{IrListener, ListenerId, PortConfig, Protocol, Snapshot, VirtualHosts},
+    ir::{self, IrListener, ListenerId, PortConfig, Protocol, Snapshot, VirtualHosts},
     model::{CONTROLLER_NAME, GATEWAY_GROUP, Kind, Object, gwapi},
 };
 
@@ -54,6 +54,7 @@ pub(crate) struct ListenerState<'a> {
     pub kinds: Vec<SupportedKind>,
     pub conditions: Conditions,
     pub certs: Vec<Arc<CertifiedKey>>,
+    pub client_auth: Option<Arc<ir::ClientAuth>>,
     pub attached_routes: i32,
     /// Rules attached to this listener, per effective hostname (`None` = any).
     pub entries: Vec<(Option<String>, Arc<super::routes::BuiltRoute>)>,
@@ -144,13 +145,14 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
                 .spec
                 .listeners
                 .iter()
-                .map(|l| listener(ctx, &ns, None, l))
+                .map(|l| listener(ctx, &ns, None, frontend(g), l))
                 .collect(),
             sets: Vec::new(),
         };
         listener_sets(ctx, &mut state);
         conflicts(&mut state.listeners);
         gateway_conditions(&mut state);
+        backend_client_certificate(ctx, &mut state);
         gateways.insert((ns, g.metadata.name.clone()), state);
     }
     Gateways { classes, gateways }
@@ -160,6 +162,7 @@ fn listener<'a>(
     ctx: &Ctx<'a>,
     gw_ns: &str,
     owner: Option<(String, String)>,
+    frontend: Option<&gwapi::FrontendTls>,
     spec: &'a gwapi::Listener,
 ) -> ListenerState<'a> {
     let from_kind = if owner.is_some() {
@@ -181,6 +184,7 @@ fn listener<'a>(
         kinds: Vec::new(),
         conditions: Conditions::default(),
         certs: Vec::new(),
+        client_auth: None,
         attached_routes: 0,
         entries: Vec::new(),
     };
@@ -254,6 +258,25 @@ fn listener<'a>(
                 Err(e) => resolved = resolved.and(Err(e)),
             }
         }
+        if let Some(v) = validation_for(frontend, spec.port) {
+            let (auth, err) = client_auth(ctx, gw_ns, v);
+            if let Some(e) = err {
+                resolved = resolved.and(Err(e));
+            }
+            match auth {
+                Some(a) => state.client_auth = Some(a),
+                None => {
+                    // No usable CA: serving without the validation asked for would be
+                    // wrong, so the listener is not accepted.
+                    conds.set(
+                        "Accepted",
+                        false,
+                        "NoValidCACertificate",
+                        "no caCertificateRef of the frontend validation is usable",
+                    );
+                }
+            }
+        }
     }
     match resolved {
         Ok(()) => {
@@ -272,6 +295,98 @@ fn listener<'a>(
     }
     state.conditions = conds;
     state
+}
+
+fn frontend(g: &gwapi::Gateway) -> Option<&gwapi::FrontendTls> {
+    g.spec.tls.as_ref().and_then(|t| t.frontend.as_ref())
+}
+
+/// The client validation that applies on `port`: its perPort entry, else the default.
+fn validation_for(
+    frontend: Option<&gwapi::FrontendTls>,
+    port: i32,
+) -> Option<&gwapi::FrontendValidation> {
+    let f = frontend?;
+    match f.per_port.iter().find(|p| p.port == port) {
+        Some(p) => p.tls.validation.as_ref(),
+        None => f.default.as_ref().and_then(|d| d.validation.as_ref()),
+    }
+}
+
+type RefProblem = (&'static str, String);
+
+/// Client certificate roots from ConfigMaps (`ca.crt`). Returns the validation (when at
+/// least one CA is usable) and the first problem with a reference.
+fn client_auth(
+    ctx: &Ctx<'_>,
+    gw_ns: &str,
+    v: &gwapi::FrontendValidation,
+) -> (Option<Arc<ir::ClientAuth>>, Option<RefProblem>) {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let mut problem = None;
+    for r in &v.ca_certificate_refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("ConfigMap");
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let err = if !group.is_empty() || kind != "ConfigMap" {
+            Some((
+                "InvalidCACertificateKind",
+                format!(
+                    "caCertificateRef {group}/{kind} {ns}/{} is not a ConfigMap",
+                    r.name
+                ),
+            ))
+        } else if !ctx.ref_allowed(
+            (GATEWAY_GROUP, "Gateway", gw_ns),
+            ("", "ConfigMap", ns, &r.name),
+        ) {
+            Some((
+                "RefNotPermitted",
+                format!(
+                    "ConfigMap {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                    r.name
+                ),
+            ))
+        } else {
+            match ctx.store.get_obj(Kind::ConfigMap, ns, &r.name) {
+                Some(Object::ConfigMap(cm)) => {
+                    let pem = cm
+                        .data
+                        .get("ca.crt")
+                        .map(String::as_bytes)
+                        .unwrap_or_default();
+                    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+                        .filter_map(Result::ok)
+                        .collect();
+                    let (added, _) = roots.add_parsable_certificates(certs);
+                    (added == 0).then(|| {
+                        (
+                            "InvalidCACertificateRef",
+                            format!(
+                                "ConfigMap {ns}/{} has no valid PEM certificate in ca.crt",
+                                r.name
+                            ),
+                        )
+                    })
+                }
+                _ => Some((
+                    "InvalidCACertificateRef",
+                    format!("ConfigMap {ns}/{} does not exist", r.name),
+                )),
+            }
+        };
+        if problem.is_none() {
+            problem = err;
+        }
+    }
+    let auth = (!roots.is_empty()).then(|| {
+        Arc::new(ir::ClientAuth {
+            roots: Arc::new(roots),
+            required: v.mode.as_deref() != Some("AllowInsecureFallback"),
+        })
+    });
+    (auth, problem)
 }
 
 fn certificate(
@@ -349,6 +464,7 @@ fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
         .allowed_listeners
         .as_ref()
         .and_then(|a| a.namespaces.as_ref());
+    let gateway = state.gateway;
     for (_, ls) in sets {
         let ns = ls.metadata.ns().to_owned();
         let admitted = match allowed.and_then(|a| a.from.as_deref()).unwrap_or("None") {
@@ -371,7 +487,7 @@ fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
                 ls.spec
                     .listeners
                     .iter()
-                    .map(|l| listener(ctx, &ns, owner.clone(), l)),
+                    .map(|l| listener(ctx, &ns, owner.clone(), frontend(gateway), l)),
             );
         }
         state.sets.push(SetState {
@@ -413,6 +529,39 @@ fn conflicts(listeners: &mut [ListenerState<'_>]) {
     }
 }
 
+/// `spec.tls.backend.clientCertificateRef`: reported in the Gateway's own ResolvedRefs.
+fn backend_client_certificate(ctx: &Ctx<'_>, state: &mut GatewayState<'_>) {
+    let Some(r) = state
+        .gateway
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    else {
+        return;
+    };
+    match certificate(ctx, "Gateway", &state.namespace, r) {
+        // Backend TLS is not implemented yet: the reference is validated and reported.
+        Ok(_) => state
+            .conditions
+            .set("ResolvedRefs", true, "ResolvedRefs", ""),
+        Err((reason, msg)) => {
+            let reason = if reason == "RefNotPermitted" {
+                reason
+            } else {
+                "InvalidClientCertificateRef"
+            };
+            state.conditions.set(
+                "ResolvedRefs",
+                false,
+                reason,
+                format!("spec.tls.backend.clientCertificateRef: {msg}"),
+            );
+        }
+    }
+}
+
 fn gateway_conditions(state: &mut GatewayState<'_>) {
     let g = state.gateway;
     let mut unsupported_address = None;
@@ -441,6 +590,23 @@ fn gateway_conditions(state: &mut GatewayState<'_>) {
     let (valid, total) = own.fold((0, 0), |(v, t), l| {
         (v + usize::from(l.accepts_routes()), t + 1)
     });
+    let insecure = frontend(g).is_some_and(|f| {
+        f.default
+            .iter()
+            .chain(f.per_port.iter().map(|p| &p.tls))
+            .any(|t| {
+                t.validation.as_ref().and_then(|v| v.mode.as_deref())
+                    == Some("AllowInsecureFallback")
+            })
+    });
+    if insecure {
+        c.set(
+            "InsecureFrontendValidationMode",
+            true,
+            "ConfigurationChanged",
+            "client certificates are requested but not required (AllowInsecureFallback)",
+        );
+    }
     if params.is_some() {
         c.set(
             "Accepted",
@@ -521,6 +687,7 @@ pub(crate) fn finish(
                 port,
                 hostname,
                 certs: l.certs.clone(),
+                client_auth: l.client_auth.clone(),
                 vhosts: vhosts(&l.entries),
             });
             for ip in &gw.addresses {
@@ -540,6 +707,8 @@ pub(crate) fn finish(
             Arc::new(PortConfig {
                 addr,
                 protocol,
+                // Validation is configured per port, so every listener here shares it.
+                client_auth: listeners.iter().find_map(|l| l.client_auth.clone()),
                 listeners,
             }),
         );

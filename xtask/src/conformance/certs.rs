@@ -7,10 +7,48 @@ use rcgen::{CertificateParams, KeyPair};
 use serde_json::{Value, json};
 
 pub struct Generated {
-    /// Secret manifests to add to the configuration.
+    /// Secret and ConfigMap manifests to add to the configuration.
     pub secrets: Vec<Value>,
     /// The certificate HTTPS listeners serve, which the test client pins.
     pub listener_cert_der: Vec<u8>,
+    /// Client certificates (DER certificate, PKCS#8 key) by the name of their Secret.
+    pub client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
+}
+
+fn config_map(ns: &str, name: &str, ca_pem: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"ca.crt": ca_pem}})
+}
+
+/// A CA and a client certificate it signed: (CA PEM, client cert PEM, client key PEM,
+/// client cert DER, client key DER).
+type CaAndClient = (String, String, String, Vec<u8>, Vec<u8>);
+
+fn ca_and_client() -> anyhow::Result<CaAndClient> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gatewayapi");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let client_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = params.signed_by(&client_key, &ca)?;
+    Ok((
+        ca.pem(),
+        client.pem(),
+        client_key.serialize_pem(),
+        client.der().to_vec(),
+        client_key.serialize_der(),
+    ))
 }
 
 fn secret(ns: &str, name: &str, cert_pem: &str, key_pem: &str) -> Value {
@@ -37,21 +75,45 @@ fn self_signed(sans: &[&str]) -> anyhow::Result<(String, String, Vec<u8>)> {
 pub fn generate() -> anyhow::Result<Generated> {
     let (crt, key, der) = self_signed(&["*", "*.org", "*.wildcard.org"])?;
     let (wcrt, wkey, _) = self_signed(&["*"])?;
+    let infra = "gateway-conformance-infra";
+    let (ca_a, client_a, key_a, der_a, kder_a) = ca_and_client()?;
+    let (ca_b, client_b, key_b, der_b, kder_b) = ca_and_client()?;
+    let (ca_web, ..) = ca_and_client()?;
+    let mut client_certs = std::collections::HashMap::new();
+    client_certs.insert(
+        "tls-validity-checks-client-certificate".to_owned(),
+        (der_a, kder_a),
+    );
+    client_certs.insert(
+        "tls-validity-checks-per-port-client-certificate".to_owned(),
+        (der_b, kder_b),
+    );
     Ok(Generated {
         secrets: vec![
-            secret(
-                "gateway-conformance-infra",
-                "tls-validity-checks-certificate",
-                &crt,
-                &key,
-            ),
+            secret(infra, "tls-validity-checks-certificate", &crt, &key),
             secret(
                 "gateway-conformance-web-backend",
                 "certificate",
                 &wcrt,
                 &wkey,
             ),
+            config_map(infra, "tls-validity-checks-ca-certificate", &ca_a),
+            secret(
+                infra,
+                "tls-validity-checks-client-certificate",
+                &client_a,
+                &key_a,
+            ),
+            config_map(infra, "tls-validity-checks-per-port-ca-certificate", &ca_b),
+            secret(
+                infra,
+                "tls-validity-checks-per-port-client-certificate",
+                &client_b,
+                &key_b,
+            ),
+            config_map("gateway-conformance-web-backend", "web-backend-cm", &ca_web),
         ],
         listener_cert_der: der,
+        client_certs,
     })
 }

@@ -23,6 +23,8 @@ pub struct Target {
     /// TLS with this SNI, when set.
     pub sni: Option<String>,
     pub h2: bool,
+    /// A client certificate to offer (DER certificate, PKCS#8 key).
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct Req {
 }
 
 pub struct Resp {
+    /// The server asked for a client certificate during the handshake.
+    pub client_cert_requested: bool,
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -81,6 +85,27 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// Offers one client certificate and records that the server asked for it.
+#[derive(Debug)]
+struct Offer(
+    Arc<rustls::sign::CertifiedKey>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl rustls::client::ResolvesClientCert for Offer {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 pub async fn send(t: &Target, r: &Req, pinned: &[u8]) -> Result<Resp, String> {
     tokio::time::timeout(REQUEST_TIMEOUT, send_inner(t, r, pinned))
         .await
@@ -108,12 +133,30 @@ async fn send_inner(t: &Target, r: &Req, pinned: &[u8]) -> Result<Resp, String> 
         None => exchange(TokioIo::new(tcp), t.h2, req).await,
         Some(sni) => {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned(pinned.to_vec(), provider)))
-                .with_no_client_auth();
+                .with_custom_certificate_verifier(Arc::new(Pinned(
+                    pinned.to_vec(),
+                    provider.clone(),
+                )));
+            let mut cfg = match &t.client_cert {
+                None => builder.with_no_client_auth(),
+                Some((cert, key)) => {
+                    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.clone().into());
+                    let signing = provider
+                        .key_provider
+                        .load_private_key(key)
+                        .map_err(|e| e.to_string())?;
+                    let ck = Arc::new(rustls::sign::CertifiedKey::new(
+                        vec![CertificateDer::from(cert.clone())],
+                        signing,
+                    ));
+                    builder.with_client_cert_resolver(Arc::new(Offer(ck, requested.clone())))
+                }
+            };
             cfg.alpn_protocols = vec![if t.h2 {
                 b"h2".to_vec()
             } else {
@@ -124,7 +167,9 @@ async fn send_inner(t: &Target, r: &Req, pinned: &[u8]) -> Result<Resp, String> 
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            exchange(TokioIo::new(tls), t.h2, req).await
+            let mut resp = exchange(TokioIo::new(tls), t.h2, req).await?;
+            resp.client_cert_requested = requested.load(std::sync::atomic::Ordering::Relaxed);
+            Ok(resp)
         }
     }
 }
@@ -161,6 +206,7 @@ where
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     Ok(Resp {
+        client_cert_requested: false,
         status,
         headers,
         body,

@@ -112,6 +112,7 @@ impl Gateway {
             addr: self.admin,
             sni: None,
             h2: false,
+            client_cert: None,
         };
         let r = Req {
             method: "GET".into(),
@@ -135,6 +136,7 @@ pub(crate) struct Ctx {
     gateway: Gateway,
     world: World,
     pinned: Vec<u8>,
+    client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
     pub verbose: bool,
 }
 
@@ -157,6 +159,7 @@ async fn replay(args: Args) -> anyhow::Result<()> {
         gateway,
         world,
         pinned: generated.listener_cert_der,
+        client_certs: generated.client_certs,
         verbose: args.verbose,
     };
     eprintln!(

@@ -26,6 +26,10 @@ pub struct Planned {
     pub addr: SocketAddr,
     pub sni: Option<String>,
     pub h2_only: bool,
+    /// Name of the client certificate Secret to present over TLS.
+    pub client_cert: Option<String>,
+    /// One attempt, which must fail below HTTP (a TLS or connection error).
+    pub expect_failure: bool,
 }
 
 #[derive(Default)]
@@ -148,6 +152,8 @@ pub fn plan(
             addr,
             sni: None,
             h2_only: false,
+            client_cert: None,
+            expect_failure: false,
         });
         return Ok(plan);
     }
@@ -185,6 +191,7 @@ pub fn plan(
                 let ip = world.gateway_ip(name);
                 let host_in_case = str_of(c, "/Request/Host").filter(|h| !h.is_empty());
                 let port = port
+                    .or_else(|| c.get("port").and_then(Value::as_u64).map(|p| p as u16))
                     .or_else(|| {
                         r.get("hostPort")?;
                         Some(host_in_case.and_then(|h| h.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).unwrap_or(80))
@@ -224,6 +231,8 @@ pub fn plan(
                     addr,
                     sni,
                     h2_only: proto.starts_with("H2") || r.get("h2Only").is_some(),
+                    client_cert: str_of(c, "/clientCert").map(str::to_owned),
+                    expect_failure: c.get("expectFailure").is_some_and(|v| v == true),
                 }
             })
             .collect()
@@ -259,7 +268,21 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
         addr: c.addr,
         sni: c.sni.clone(),
         h2,
+        client_cert: c
+            .client_cert
+            .as_ref()
+            .and_then(|n| ctx.client_certs.get(n).cloned()),
     };
+    if c.expect_failure {
+        // The suite makes one attempt, which must not produce any HTTP response.
+        return match client::send(&target, &c.req, &ctx.pinned).await {
+            Ok(resp) => Err(format!(
+                "got HTTP {}, expected the connection to be refused",
+                resp.status
+            )),
+            Err(_) => Ok(()),
+        };
+    }
     let scheme = if c.sni.is_some() { "https" } else { "http" };
     let deadline = Instant::now() + CASE_TIMEOUT;
     let mut streak = 0;
@@ -277,6 +300,9 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
                 .replace("{uuid}", &format!("{:032x}", rand::random::<u128>()));
         }
         match client::send(&target, &req, &ctx.pinned).await {
+            Ok(resp) if target.client_cert.is_some() && !resp.client_cert_requested => {
+                last = "the gateway did not ask for a client certificate".into();
+            }
             Ok(resp) => match client::compare(&c.case, &req, scheme, &resp) {
                 Ok(()) => {
                     streak += 1;
