@@ -265,6 +265,36 @@ pub struct Target {
     pub port: u16,
     pub h2c: bool,
     pub endpoints: Vec<SocketAddr>,
+    /// TLS to the endpoints, from a BackendTLSPolicy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// How to reach a Service over TLS; `Invalid` when its policy cannot be applied (requests
+/// then fail rather than go out in clear text).
+#[derive(Clone, Debug, Serialize)]
+pub enum BackendTls {
+    Ready(#[serde(skip)] Arc<UpstreamTls>),
+    Invalid(String),
+}
+
+pub struct UpstreamTls {
+    /// Identifies this configuration (policy and generation), for connection pooling.
+    pub key: String,
+    /// SNI sent to the backend.
+    pub server_name: String,
+    /// Names the backend certificate must match (the hostname, or the policy's DNS SANs).
+    pub accepted_names: Vec<String>,
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("key", &self.key)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Snapshot {

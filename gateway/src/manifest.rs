@@ -192,6 +192,9 @@ fn parse_object(file: &str, document: usize, mut value: Value) -> DocResult {
         Kind::HttpRoute => typed::<gwapi::HttpRoute>(value).map(Object::HttpRoute),
         Kind::ReferenceGrant => typed::<gwapi::ReferenceGrant>(value).map(Object::ReferenceGrant),
         Kind::ListenerSet => typed::<gwapi::ListenerSet>(value).map(Object::ListenerSet),
+        Kind::BackendTlsPolicy => {
+            typed::<gwapi::BackendTlsPolicy>(value).map(Object::BackendTlsPolicy)
+        }
 
         Kind::Secret => typed::<core::Secret>(value).map(Object::Secret),
         Kind::ConfigMap => typed::<core::ConfigMap>(value).map(Object::ConfigMap),

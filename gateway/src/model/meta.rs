@@ -11,6 +11,7 @@ pub enum Kind {
     HttpRoute,
     ReferenceGrant,
     ListenerSet,
+    BackendTlsPolicy,
     Secret,
     ConfigMap,
     Service,
@@ -28,6 +29,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
             ("gateway.networking.k8s.io", "ListenerSet") => Kind::ListenerSet,
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
             ("", "Secret") => Kind::Secret,
             ("", "ConfigMap") => Kind::ConfigMap,
             ("", "Service") => Kind::Service,
@@ -44,6 +46,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::ListenerSet => "ListenerSet",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
 
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",

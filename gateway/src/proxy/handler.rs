@@ -352,7 +352,7 @@ async fn process(
             // Mirrors are fire-and-forget; their outcome never affects the client.
             tokio::spawn(async move {
                 let _guard = guard;
-                let sent = shared.upstreams.send(m.h2c, req);
+                let sent = shared.upstreams.send(&m, req);
                 if let Ok(Ok(resp)) = tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
                     let _ = resp.into_body().collect().await;
                 }
@@ -378,7 +378,7 @@ async fn process(
             (None, None) => empty(),
         };
         let req = build(&parts, &path_and_query, addr, body);
-        let sent = shared.upstreams.send(target.h2c, req);
+        let sent = shared.upstreams.send(target, req);
         let result = match rule.backend_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -404,6 +404,9 @@ async fn process(
                 {
                     tokio::time::sleep(r.backoff).await;
                     continue;
+                }
+                if let super::upstream::SendError::Policy(why) = &e {
+                    return simple(StatusCode::BAD_GATEWAY, &format!("backend TLS: {why}"));
                 }
                 return simple(status, "upstream connection failed");
             }

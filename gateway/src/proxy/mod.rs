@@ -1,5 +1,6 @@
 //! The data plane: bound sockets, connections, request handling and upstreams.
 
+mod backend_tls;
 pub mod conn;
 mod cors;
 mod handler;

@@ -19,11 +19,13 @@ use hyper_util::{
 };
 
 use super::Body;
-use crate::ir::Target;
+use crate::ir::{BackendTls, Target, UpstreamTls};
 
 pub struct Upstreams {
     h1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
+    /// One pooled client per BackendTLSPolicy configuration.
+    tls: RwLock<HashMap<String, Client<super::backend_tls::TlsConnector, Body>>>,
     inflight: RwLock<HashMap<SocketAddr, Arc<AtomicU32>>>,
 }
 
@@ -63,6 +65,7 @@ impl Upstreams {
         Self {
             h1,
             h2c,
+            tls: RwLock::new(HashMap::new()),
             inflight: RwLock::new(HashMap::new()),
         }
     }
@@ -122,15 +125,72 @@ impl Upstreams {
         Some((addr, InflightGuard(c)))
     }
 
+    /// Sends a request to an endpoint of `target`, over TLS when a policy says so.
     pub async fn send(
         &self,
-        h2c: bool,
+        target: &Target,
         req: hyper::Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        if h2c {
-            self.h2c.request(req).await
-        } else {
-            self.h1.request(req).await
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        match &target.tls {
+            None if target.h2c => self.h2c.request(req).await.map_err(SendError::Http),
+            None => self.h1.request(req).await.map_err(SendError::Http),
+            Some(BackendTls::Invalid(why)) => Err(SendError::Policy(why.clone())),
+            Some(BackendTls::Ready(tls)) => {
+                let client = self
+                    .tls_client(tls)
+                    .map_err(|e| SendError::Policy(e.to_string()))?;
+                client.request(req).await.map_err(SendError::Http)
+            }
+        }
+    }
+
+    fn tls_client(
+        &self,
+        tls: &UpstreamTls,
+    ) -> Result<Client<super::backend_tls::TlsConnector, Body>, super::BoxError> {
+        if let Some(c) = self
+            .tls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tls.key)
+        {
+            return Ok(c.clone());
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(super::backend_tls::TlsConnector::new(tls)?);
+        let mut map = self.tls.write().unwrap_or_else(|e| e.into_inner());
+        // Policies come from configuration; old generations are dropped wholesale.
+        if map.len() > 1024 {
+            map.clear();
+        }
+        map.insert(tls.key.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Why a request could not be sent upstream.
+#[derive(Debug)]
+pub enum SendError {
+    Http(hyper_util::client::legacy::Error),
+    /// The backend's TLS policy cannot be applied.
+    Policy(String),
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Http(e) if e.is_connect())
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Http(e) => write!(f, "{e}"),
+            SendError::Policy(p) => write!(f, "backend TLS policy: {p}"),
         }
     }
 }

@@ -77,9 +77,11 @@ pub(crate) fn resolve(
             format!("Service {ns}/{} has no port {port}", r.name),
         ));
     };
-    let h2c = match sp.app_protocol.as_deref() {
-        None | Some("http" | "kubernetes.io/ws") => false,
-        Some("kubernetes.io/h2c") => true,
+    let app = sp.app_protocol.as_deref().map(str::to_ascii_lowercase);
+    let (h2c, wants_tls) = match app.as_deref() {
+        None | Some("http" | "kubernetes.io/ws") => (false, false),
+        Some("kubernetes.io/h2c") => (true, false),
+        Some("https" | "kubernetes.io/https" | "kubernetes.io/wss") => (false, true),
         Some(other) => {
             return Err((
                 "UnsupportedProtocol",
@@ -90,12 +92,22 @@ pub(crate) fn resolve(
             ));
         }
     };
+    let mut tls =
+        super::backend_tls::lookup(&ctx.policies, ns, &r.name, sp.name.as_deref()).cloned();
+    if wants_tls && tls.is_none() {
+        // TLS is asked for but nothing says how to verify the backend: never send in clear.
+        tls = Some(crate::ir::BackendTls::Invalid(format!(
+            "Service {ns}/{} port {port} speaks HTTPS but no BackendTLSPolicy targets it",
+            r.name
+        )));
+    }
     Ok(Arc::new(Target {
         namespace: ns.to_owned(),
         service: r.name.clone(),
         port: port as u16,
         h2c,
         endpoints: endpoints(ctx, svc, sp.name.as_deref()),
+        tls,
     }))
 }
 

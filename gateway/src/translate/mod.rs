@@ -1,6 +1,7 @@
 //! Translation: a pure function from the object store to a routing snapshot plus the status
 //! of every object. It never fails as a whole; every problem lands in some object's status.
 
+mod backend_tls;
 mod backends;
 mod gateways;
 pub mod hostnames;
@@ -33,9 +34,13 @@ pub fn translate(
 ) -> Output {
     let mut ctx = Ctx::new(store, prev, now);
     ctx.unusable = unusable;
+    let (policies, checked) = backend_tls::index(&ctx);
+    ctx.policies = policies;
     let mut gws = gateways::translate(&ctx);
+    let ours: Vec<(String, String)> = gws.gateways.keys().cloned().collect();
     let routes = routes::translate(&ctx, &mut gws);
     let (snapshot, mut status) = gateways::finish(&ctx, gws, routes);
+    status.backend_tls_policies = backend_tls::statuses(&ctx, checked, &ours);
     status.invalid_manifests = store.errors();
     Output { snapshot, status }
 }
@@ -47,6 +52,7 @@ pub(crate) struct Ctx<'a> {
     grants: Vec<&'a ReferenceGrant>,
     pub slices: backends::SliceIndex<'a>,
     pub unusable: &'a BTreeSet<SocketAddr>,
+    pub policies: backend_tls::PolicyIndex,
 }
 
 static NONE_UNUSABLE: BTreeSet<SocketAddr> = BTreeSet::new();
@@ -67,6 +73,7 @@ impl<'a> Ctx<'a> {
             grants,
             slices: backends::index(store),
             unusable: &NONE_UNUSABLE,
+            policies: Default::default(),
         }
     }
 

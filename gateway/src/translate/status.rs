@@ -34,6 +34,16 @@ impl Conditions {
         }
     }
 
+    /// `finish` without consuming: the same conditions written on several entries.
+    pub fn clone_for(
+        &self,
+        generation: i64,
+        prev: Option<&[Condition]>,
+        now: &str,
+    ) -> Vec<Condition> {
+        Conditions(self.0.clone()).finish(generation, prev, now)
+    }
+
     pub fn get(&self, type_: &str) -> Option<bool> {
         self.0.iter().find(|c| c.0 == type_).map(|c| c.1)
     }
@@ -119,6 +129,20 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: ParentReference,
+    pub controller_name: String,
+    pub conditions: Vec<Condition>,
+}
+
 /// One object's status with the identity and generation it describes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -139,6 +163,8 @@ pub struct StatusReport {
     pub listener_sets: BTreeMap<String, Entry<ListenerSetStatus>>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: BTreeMap<String, Entry<RouteStatus>>,
+    #[serde(rename = "backendTLSPolicies")]
+    pub backend_tls_policies: BTreeMap<String, Entry<PolicyStatus>>,
     /// Manifests that were rejected, with the reason (file, document, object, field).
     pub invalid_manifests: Vec<ManifestError>,
 }

@@ -13,6 +13,42 @@ pub struct Generated {
     pub listener_cert_der: Vec<u8>,
     /// Client certificates (DER certificate, PKCS#8 key) by the name of their Secret.
     pub client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
+    /// What the TLS echo backends serve: a leaf for abc.example.com and other.example.com
+    /// signed by the CA in ConfigMap tls-checks-ca-certificate.
+    pub backend_tls: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// The TLS backends' CA, and a server certificate it signed.
+fn backend_ca() -> anyhow::Result<(String, std::sync::Arc<rustls::ServerConfig>)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gatewayapi");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![
+        "abc.example.com".to_owned(),
+        "other.example.com".to_owned(),
+    ])?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+            "spiffe://abc.example.com/test-identity",
+        )?));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "default");
+    let leaf = params.signed_by(&key, &ca)?;
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = cedille_echo::tls_server_config(vec![leaf.der().clone()], key_der)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((ca.pem(), config))
 }
 
 fn config_map(ns: &str, name: &str, ca_pem: &str) -> Value {
@@ -79,6 +115,8 @@ pub fn generate() -> anyhow::Result<Generated> {
     let (ca_a, client_a, key_a, der_a, kder_a) = ca_and_client()?;
     let (ca_b, client_b, key_b, der_b, kder_b) = ca_and_client()?;
     let (ca_web, ..) = ca_and_client()?;
+    let (ca_backend, backend_tls) = backend_ca()?;
+    let (ca_mismatch, ..) = ca_and_client()?;
     let mut client_certs = std::collections::HashMap::new();
     client_certs.insert(
         "tls-validity-checks-client-certificate".to_owned(),
@@ -112,8 +150,11 @@ pub fn generate() -> anyhow::Result<Generated> {
                 &key_b,
             ),
             config_map("gateway-conformance-web-backend", "web-backend-cm", &ca_web),
+            config_map(infra, "tls-checks-ca-certificate", &ca_backend),
+            config_map(infra, "mismatch-ca-certificate", &ca_mismatch),
         ],
         listener_cert_der: der,
         client_certs,
+        backend_tls,
     })
 }

@@ -239,6 +239,15 @@ pub fn compare(case: &Value, sent: &Req, scheme: &str, resp: &Resp) -> Result<()
         codes.push(200);
     }
     let status = u64::from(resp.status);
+    // No expected response: the suite's MakeRequestAndExpectFailure, where anything but a
+    // success (or a timeout) counts.
+    if case.get("Response").is_none() && case.get("Backend").is_none() {
+        return if [200, 408, 504].contains(&status) {
+            Err(format!("status {status}, expected the request to fail"))
+        } else {
+            Ok(())
+        };
+    }
     let ok_status = codes.contains(&status)
         || (codes.contains(&504) && status == 408)
         || (codes.contains(&408) && status == 504);
@@ -365,6 +374,19 @@ pub fn compare(case: &Value, sent: &Req, scheme: &str, resp: &Resp) -> Result<()
         return Err(format!(
             "served by {:?}, expected {b}",
             text(&echoed, "/pod")
+        ));
+    }
+    // The server name the backend saw (TLS from the gateway to the backend).
+    let want_sni = exp_req
+        .and_then(|r| text(r, "/SNI"))
+        .or(text(case, "/Request/SNI"))
+        .filter(|s| !s.is_empty());
+    if let Some(sni) = want_sni
+        && text(&echoed, "/tls/serverName") != Some(sni)
+    {
+        return Err(format!(
+            "backend saw TLS server name {:?}, expected {sni}",
+            text(&echoed, "/tls/serverName")
         ));
     }
     let headers = echoed.get("headers").cloned().unwrap_or(Value::Null);

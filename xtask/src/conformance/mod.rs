@@ -152,7 +152,11 @@ async fn replay(args: Args) -> anyhow::Result<()> {
     let work = root().join("target/conformance");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("config"))?;
-    let mut world = World::new(work.join("config/conformance.yaml"), generated.secrets);
+    let mut world = World::new(
+        work.join("config/conformance.yaml"),
+        generated.secrets,
+        generated.backend_tls.clone(),
+    );
     world.apply(&suite.base).await?;
     let gateway = Gateway::start(&work.join("config"), &work.join("gateway.log")).await?;
     let mut ctx = Ctx {

@@ -166,9 +166,9 @@ pub fn plan(
                     .is_some_and(|cs| cs.iter().any(|n| n.as_u64() == Some(i as u64)))
             })
         });
-        let sni = str_of(c, "/sni")
-            .or(str_of(c, "/Request/SNI"))
-            .map(str::to_owned);
+        // `Request.SNI` in cases.json is what the backend must see; TLS to the gateway is
+        // set by replay.yaml (`sni`, or a route's `sni`).
+        let sni = str_of(c, "/sni").map(str::to_owned);
         match routed {
             Some(x) => targets.push((
                 json!({"name": x["gateway"]}),
@@ -513,6 +513,55 @@ pub fn apply_step(
             "HTTPRouteObservedGenerationBump" => {
                 for d in docs.iter_mut().filter(|d| is(d)) {
                     d["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("infra-backend-v2");
+                }
+            }
+            "BackendTLSPolicy" => {
+                let change = str_of(step, "/change").unwrap_or("");
+                let ns = "gateway-conformance-infra";
+                let cm_name = "tls-checks-ca-certificate-reconcile-test";
+                // The CA the suite copies into the reconcile-test ConfigMap.
+                let ca = ctx
+                    .world
+                    .extra
+                    .iter()
+                    .find(|d| {
+                        str_of(d, "/kind") == Some("ConfigMap")
+                            && str_of(d, "/metadata/name") == Some("tls-checks-ca-certificate")
+                    })
+                    .and_then(|d| str_of(d, "/data/ca.crt"))
+                    .unwrap_or("")
+                    .to_owned();
+                match kind {
+                    "BackendTLSPolicy" => {
+                        let target = if change.contains("restore") {
+                            "tls-checks-ca-certificate"
+                        } else {
+                            cm_name
+                        };
+                        for d in docs.iter_mut().filter(|d| is(d)) {
+                            d["spec"]["validation"]["caCertificateRefs"] =
+                                json!([{"group": "", "kind": "ConfigMap", "name": target}]);
+                        }
+                    }
+                    "ConfigMap" if str_of(step, "/do") == Some("create") => {
+                        docs.push(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm_name, "namespace": ns}, "data": {"ca.crt": ca}}));
+                    }
+                    "ConfigMap" => {
+                        let value = if change.contains(":= \"\"") {
+                            String::new()
+                        } else {
+                            ca
+                        };
+                        for d in docs.iter_mut().filter(|d| is(d)) {
+                            d["data"]["ca.crt"] = json!(value);
+                        }
+                    }
+                    _ => anyhow::bail!("step of BackendTLSPolicy ({object}) is not replayed"),
+                }
+            }
+            "BackendTLSPolicyObservedGenerationBump" => {
+                for d in docs.iter_mut().filter(|d| is(d)) {
+                    d["spec"]["validation"]["hostname"] = json!("foo.example.com");
                 }
             }
             "GatewayClassObservedGenerationBump" => {

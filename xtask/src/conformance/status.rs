@@ -55,10 +55,8 @@ fn spec_listener_count(objects: &[Value], ns: &str, name: &str) -> usize {
 /// Everything `exp` expects that `st` does not show. Empty means the expectations hold.
 pub fn check(exp: &Value, st: &Value, objects: &[Value]) -> Vec<String> {
     let mut fails = Vec::new();
-    for kind in ["backendTLSPolicies"] {
-        if exp.get(kind).is_some_and(|v| !v.is_null()) {
-            fails.push(format!("{kind}: not supported by cedille-gateway"));
-        }
+    for p in arr(exp, "/backendTLSPolicies") {
+        check_policy(&p, st, &mut fails);
     }
     for gc in arr(exp, "/gatewayClasses") {
         let name = gc
@@ -91,6 +89,43 @@ pub fn check(exp: &Value, st: &Value, objects: &[Value]) -> Vec<String> {
         check_route(&r, st, &mut fails);
     }
     fails
+}
+
+fn check_policy(x: &Value, st: &Value, fails: &mut Vec<String>) {
+    let name = s(x, "/name");
+    let e = st["backendTLSPolicies"].get(name);
+    let ancestors = e.map(|e| arr(e, "/status/ancestors")).unwrap_or_default();
+    let generation = e.map(|e| e["generation"].clone()).unwrap_or(Value::Null);
+    if !ancestors
+        .iter()
+        .all(|a| all_current(&arr(a, "/conditions"), &generation))
+    {
+        fails.push(format!(
+            "BackendTLSPolicy {name}: ancestor conditions not at generation {generation}"
+        ));
+    }
+    let ancestor = s(x, "/ancestor");
+    if ancestor.is_empty() {
+        return;
+    }
+    let (ans, aname) = ancestor.split_once('/').unwrap_or(("", ancestor));
+    let Some(a) = ancestors.iter().find(|a| {
+        s(a, "/ancestorRef/name") == aname && [ans, ""].contains(&s(a, "/ancestorRef/namespace"))
+    }) else {
+        fails.push(format!(
+            "BackendTLSPolicy {name}: no status for ancestor {ancestor}"
+        ));
+        return;
+    };
+    let conds = arr(a, "/conditions");
+    for c in arr(x, "/conditions") {
+        if !has_cond(&conds, &c) {
+            fails.push(format!(
+                "BackendTLSPolicy {name} ancestor {ancestor}: missing {c} in [{}]",
+                show(&conds)
+            ));
+        }
+    }
 }
 
 fn check_listener_set(x: &Value, st: &Value, fails: &mut Vec<String>) {

@@ -27,10 +27,12 @@ pub struct Pod {
 
 pub struct World {
     pub config_file: PathBuf,
+    /// Served by the pods of Deployments named `tls-backend*`.
+    backend_tls: Arc<rustls::ServerConfig>,
     gateway_ips: BTreeMap<String, Ipv4Addr>,
     pub pods: BTreeMap<String, Pod>,
     next_pod: u32,
-    extra: Vec<Value>,
+    pub extra: Vec<Value>,
 }
 
 fn key(v: &Value) -> (String, String, String) {
@@ -54,9 +56,14 @@ pub fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 impl World {
-    pub fn new(config_file: PathBuf, extra: Vec<Value>) -> Self {
+    pub fn new(
+        config_file: PathBuf,
+        extra: Vec<Value>,
+        backend_tls: Arc<rustls::ServerConfig>,
+    ) -> Self {
         Self {
             config_file,
+            backend_tls,
             gateway_ips: BTreeMap::new(),
             pods: BTreeMap::new(),
             next_pod: 0,
@@ -246,10 +253,17 @@ impl World {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("echo pod {pod} on {addr}"))?;
+        // The suite's TLS backends serve a certificate from its test CA.
+        let tls = p
+            .echo
+            .config()
+            .service
+            .starts_with("tls-backend")
+            .then(|| self.backend_tls.clone());
         tokio::spawn(cedille_echo::serve(
             listener,
             p.echo.clone(),
-            None,
+            tls,
             std::future::pending(),
         ));
         Ok(())
