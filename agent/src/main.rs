@@ -30,7 +30,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format)?;
+    cedille_common::init_tracing(&args.log_format, "info").map_err(anyhow::Error::msg)?;
     let mut datapath = Datapath::load(&args.bpf_pin_dir)
         .with_context(|| format!("loading eBPF datapath in {}", args.bpf_pin_dir.display()))?;
     let pinned = datapath.pinned_ids()?;
@@ -50,32 +50,9 @@ async fn main() -> anyhow::Result<()> {
     }
     // Attachments pinned by an earlier run keep steering traffic; nothing to redo for them.
     info!(pin_dir = %args.bpf_pin_dir.display(), adopted = ?pinned, "agent running");
-    shutdown_signal().await?;
+    cedille_common::shutdown_signal().await?;
     // Exiting leaves links and maps pinned: enrolled pods stay steered (fail-closed) until
     // the next agent adopts them.
     info!("shutting down; eBPF attachments stay pinned");
-    Ok(())
-}
-
-fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
-        other => anyhow::bail!("--log-format {other:?}: expected `text` or `json`"),
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }

@@ -101,22 +101,11 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    shutdown_signal().await?;
+    cedille_common::shutdown_signal().await?;
     info!("shutting down");
     let _ = stop.send(true);
     while let Some(result) = servers.join_next().await {
         result.context("echo server task")??;
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
     Ok(())
 }

@@ -4,7 +4,8 @@ use tracing::error;
 
 fn main() -> anyhow::Result<()> {
     let args = cedille_gateway::Args::parse();
-    init_tracing(&args.log_format)?;
+    cedille_common::init_tracing(&args.log_format, "info,access=off")
+        .map_err(anyhow::Error::msg)?;
     if args.check_config {
         return check(&args);
     }
@@ -14,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let running = cedille_gateway::app::start(args.settings()).await?;
-        shutdown_signal().await?;
+        cedille_common::shutdown_signal().await?;
         running.shutdown().await;
         Ok(())
     })
@@ -39,31 +40,6 @@ fn check(args: &cedille_gateway::Args) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&out.status)?);
     if !errors.is_empty() {
         anyhow::bail!("{} manifest document(s) rejected", errors.len());
-    }
-    Ok(())
-}
-
-fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,access=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
-        other => anyhow::bail!("--log-format {other:?}: expected `text` or `json`"),
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
     Ok(())
 }

@@ -3,8 +3,6 @@
 
 use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
 
-use rustls_pki_types::{CertificateDer, pem::PemObject};
-
 use super::{
     Ctx,
     status::{Conditions, Entry, PolicyAncestorStatus, PolicyStatus},
@@ -102,32 +100,9 @@ fn validate(ctx: &Ctx<'_>, c: &mut Checked<'_>) -> BackendTls {
                 ),
             ))
         } else {
-            match ctx.store.get_obj(Kind::ConfigMap, ns, &r.name) {
-                Some(Object::ConfigMap(cm)) => {
-                    let pem = cm
-                        .data
-                        .get("ca.crt")
-                        .map(String::as_bytes)
-                        .unwrap_or_default();
-                    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-                        .filter_map(Result::ok)
-                        .collect();
-                    let (added, _) = roots.add_parsable_certificates(certs);
-                    (added == 0).then(|| {
-                        (
-                            "InvalidCACertificateRef",
-                            format!(
-                                "ConfigMap {ns}/{} has no valid PEM certificate in ca.crt",
-                                r.name
-                            ),
-                        )
-                    })
-                }
-                _ => Some((
-                    "InvalidCACertificateRef",
-                    format!("ConfigMap {ns}/{} does not exist", r.name),
-                )),
-            }
+            super::tls::add_config_map_cas(ctx, ns, &r.name, &mut roots)
+                .err()
+                .map(|msg| ("InvalidCACertificateRef", msg))
         };
         if problem.is_none() {
             problem = err;

@@ -322,7 +322,6 @@ fn client_auth(
     gw_ns: &str,
     v: &gwapi::FrontendValidation,
 ) -> (Option<Arc<ir::ClientAuth>>, Option<RefProblem>) {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     let mut problem = None;
     for r in &v.ca_certificate_refs {
@@ -349,32 +348,9 @@ fn client_auth(
                 ),
             ))
         } else {
-            match ctx.store.get_obj(Kind::ConfigMap, ns, &r.name) {
-                Some(Object::ConfigMap(cm)) => {
-                    let pem = cm
-                        .data
-                        .get("ca.crt")
-                        .map(String::as_bytes)
-                        .unwrap_or_default();
-                    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-                        .filter_map(Result::ok)
-                        .collect();
-                    let (added, _) = roots.add_parsable_certificates(certs);
-                    (added == 0).then(|| {
-                        (
-                            "InvalidCACertificateRef",
-                            format!(
-                                "ConfigMap {ns}/{} has no valid PEM certificate in ca.crt",
-                                r.name
-                            ),
-                        )
-                    })
-                }
-                _ => Some((
-                    "InvalidCACertificateRef",
-                    format!("ConfigMap {ns}/{} does not exist", r.name),
-                )),
-            }
+            super::tls::add_config_map_cas(ctx, ns, &r.name, &mut roots)
+                .err()
+                .map(|msg| ("InvalidCACertificateRef", msg))
         };
         if problem.is_none() {
             problem = err;

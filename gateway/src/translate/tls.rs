@@ -31,3 +31,31 @@ pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
     })?;
     Ok(Arc::new(ck))
 }
+
+/// Adds the CA certificates in ConfigMap `ns/name` (`ca.crt`, PEM) to `roots`. `Err` says
+/// why none could be added.
+pub(crate) fn add_config_map_cas(
+    ctx: &super::Ctx<'_>,
+    ns: &str,
+    name: &str,
+    roots: &mut rustls::RootCertStore,
+) -> Result<(), String> {
+    use crate::model::{Kind, Object};
+    let Some(Object::ConfigMap(cm)) = ctx.store.get_obj(Kind::ConfigMap, ns, name) else {
+        return Err(format!("ConfigMap {ns}/{name} does not exist"));
+    };
+    let pem = cm
+        .data
+        .get("ca.crt")
+        .map(String::as_bytes)
+        .unwrap_or_default();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect();
+    match roots.add_parsable_certificates(certs) {
+        (0, _) => Err(format!(
+            "ConfigMap {ns}/{name} has no valid PEM certificate in ca.crt"
+        )),
+        _ => Ok(()),
+    }
+}

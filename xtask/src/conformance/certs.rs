@@ -20,17 +20,7 @@ pub struct Generated {
 
 /// The TLS backends' CA, and a server certificate it signed.
 fn backend_ca() -> anyhow::Result<(String, std::sync::Arc<rustls::ServerConfig>)> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "gatewayapi");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let ca = new_ca()?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![
         "abc.example.com".to_owned(),
@@ -51,6 +41,21 @@ fn backend_ca() -> anyhow::Result<(String, std::sync::Arc<rustls::ServerConfig>)
     Ok((ca.pem(), config))
 }
 
+/// A self-signed CA like the suite's (CN gatewayapi).
+fn new_ca() -> anyhow::Result<rcgen::CertifiedIssuer<'static, KeyPair>> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gatewayapi");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(rcgen::CertifiedIssuer::self_signed(params, key)?)
+}
+
 fn config_map(ns: &str, name: &str, ca_pem: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"ca.crt": ca_pem}})
 }
@@ -60,17 +65,7 @@ fn config_map(ns: &str, name: &str, ca_pem: &str) -> Value {
 type CaAndClient = (String, String, String, Vec<u8>, Vec<u8>);
 
 fn ca_and_client() -> anyhow::Result<CaAndClient> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "gatewayapi");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let ca = new_ca()?;
     let client_key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
