@@ -5,6 +5,7 @@ mod backend_tls;
 mod backends;
 mod gateways;
 pub mod hostnames;
+mod listeners;
 mod routes;
 pub mod status;
 mod tls;
