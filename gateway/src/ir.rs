@@ -283,8 +283,11 @@ pub struct UpstreamTls {
     pub key: String,
     /// SNI sent to the backend.
     pub server_name: String,
-    /// Names the backend certificate must match (the hostname, or the policy's DNS SANs).
+    /// DNS names the backend certificate may match (the hostname, or the policy's
+    /// Hostname subjectAltNames).
     pub accepted_names: Vec<String>,
+    /// URIs (the policy's URI subjectAltNames) the certificate may carry instead.
+    pub accepted_uris: Vec<String>,
     pub roots: Arc<rustls::RootCertStore>,
 }
 

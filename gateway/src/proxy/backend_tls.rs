@@ -17,10 +17,7 @@ use hyper_util::{
 };
 use rustls::{
     DigitallySignedStruct, SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
 use tokio::net::TcpStream;
@@ -28,11 +25,37 @@ use tokio::net::TcpStream;
 use super::BoxError;
 use crate::ir::UpstreamTls;
 
-/// Accepts a certificate that chains to the policy's CAs and matches one of its names.
+/// Accepts a certificate that chains to the policy's CAs and matches one of its names:
+/// a DNS name (checked by webpki) or a URI subjectAltName.
 #[derive(Debug)]
 struct PolicyVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
     names: Vec<ServerName<'static>>,
+    uris: Vec<String>,
+}
+
+fn bad(e: impl std::fmt::Display) -> rustls::Error {
+    rustls::Error::General(format!("backend certificate: {e}"))
+}
+
+/// URI subjectAltNames of a certificate.
+fn cert_uris(der: &[u8]) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl ServerCertVerifier for PolicyVerifier {
@@ -41,17 +64,33 @@ impl ServerCertVerifier for PolicyVerifier {
         ee: &CertificateDer<'_>,
         inter: &[CertificateDer<'_>],
         _: &ServerName<'_>,
-        ocsp: &[u8],
+        _: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut last = rustls::Error::General("the policy names no hostname".into());
-        for name in &self.names {
-            match self.inner.verify_server_cert(ee, inter, name, ocsp, now) {
-                Ok(v) => return Ok(v),
-                Err(e) => last = e,
-            }
+        let cert = webpki::EndEntityCert::try_from(ee).map_err(bad)?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.roots.roots,
+            inter,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(bad)?;
+        let dns_ok = self
+            .names
+            .iter()
+            .any(|n| cert.verify_is_valid_for_subject_name(n).is_ok());
+        let uri_ok =
+            !self.uris.is_empty() && cert_uris(ee.as_ref()).iter().any(|u| self.uris.contains(u));
+        if dns_ok || uri_ok {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(bad(
+                "it matches none of the names the BackendTLSPolicy accepts",
+            ))
         }
-        Err(last)
     }
     fn verify_tls12_signature(
         &self,
@@ -59,7 +98,12 @@ impl ServerCertVerifier for PolicyVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(m, c, d)
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -67,10 +111,17 @@ impl ServerCertVerifier for PolicyVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(m, c, d)
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -83,18 +134,20 @@ pub struct TlsConnector {
 impl TlsConnector {
     pub fn new(tls: &UpstreamTls) -> Result<Self, BoxError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(tls.roots.clone(), provider.clone())
-                .build()?;
         let names = tls
             .accepted_names
             .iter()
             .filter_map(|n| ServerName::try_from(n.clone()).ok())
             .collect();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PolicyVerifier { inner, names }))
+            .with_custom_certificate_verifier(Arc::new(PolicyVerifier {
+                roots: tls.roots.clone(),
+                provider: provider.clone(),
+                names,
+                uris: tls.accepted_uris.clone(),
+            }))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {

@@ -124,7 +124,12 @@ fn validate(ctx: &Ctx<'_>, c: &mut Checked<'_>) -> BackendTls {
         .filter(|s| s.type_ == "Hostname")
         .filter_map(|s| s.hostname.clone())
         .collect();
-    let uri_only = !v.subject_alt_names.is_empty() && dns_sans.is_empty();
+    let uris: Vec<String> = v
+        .subject_alt_names
+        .iter()
+        .filter(|s| s.type_ == "URI")
+        .filter_map(|s| s.uri.clone())
+        .collect();
     if roots.is_empty() {
         let msg = problem
             .map(|p| p.1)
@@ -134,18 +139,17 @@ fn validate(ctx: &Ctx<'_>, c: &mut Checked<'_>) -> BackendTls {
         return BackendTls::Invalid(msg);
     }
     c.conditions.set("Accepted", true, "Accepted", "");
-    if uri_only {
-        // URI subjectAltNames are not verified yet: refuse rather than accept any name.
-        return BackendTls::Invalid("URI subjectAltNames are not supported yet".into());
-    }
+    // With subjectAltNames, they alone decide; the hostname is then only the SNI.
+    let sans_given = !v.subject_alt_names.is_empty();
     BackendTls::Ready(Arc::new(UpstreamTls {
         key: format!("{ns}/{}@{}", p.metadata.name, p.metadata.generation),
         server_name: v.hostname.clone(),
-        accepted_names: if dns_sans.is_empty() {
-            vec![v.hostname.clone()]
-        } else {
+        accepted_names: if sans_given {
             dns_sans
+        } else {
+            vec![v.hostname.clone()]
         },
+        accepted_uris: uris,
         roots: Arc::new(roots),
     }))
 }
