@@ -288,6 +288,8 @@ pub struct UpstreamTls {
     pub accepted_names: Vec<String>,
     /// URIs (the policy's URI subjectAltNames) the certificate may carry instead.
     pub accepted_uris: Vec<String>,
+    /// Presented when the backend asks (the Gateway's spec.tls.backend.clientCertificateRef).
+    pub client_cert: Option<Arc<CertifiedKey>>,
     pub roots: Arc<rustls::RootCertStore>,
 }
 

@@ -125,6 +125,23 @@ impl ServerCertVerifier for PolicyVerifier {
     }
 }
 
+/// The Gateway's backend client certificate, offered whenever a backend asks.
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[derive(Clone)]
 pub struct TlsConnector {
     config: Arc<rustls::ClientConfig>,
@@ -139,7 +156,7 @@ impl TlsConnector {
             .iter()
             .filter_map(|n| ServerName::try_from(n.clone()).ok())
             .collect();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PolicyVerifier {
@@ -147,8 +164,11 @@ impl TlsConnector {
                 provider: provider.clone(),
                 names,
                 uris: tls.accepted_uris.clone(),
-            }))
-            .with_no_client_auth();
+            }));
+        let mut config = match &tls.client_cert {
+            Some(ck) => config.with_client_cert_resolver(Arc::new(ClientCert(ck.clone()))),
+            None => config.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),

@@ -150,6 +150,7 @@ fn validate(ctx: &Ctx<'_>, c: &mut Checked<'_>) -> BackendTls {
             vec![v.hostname.clone()]
         },
         accepted_uris: uris,
+        client_cert: None,
         roots: Arc::new(roots),
     }))
 }

@@ -32,6 +32,8 @@ pub(crate) struct GatewayState<'a> {
     /// The Gateway's own listeners, then those of its ListenerSets, in precedence order.
     pub listeners: Vec<ListenerState<'a>>,
     pub sets: Vec<SetState>,
+    /// Presented to TLS backends (spec.tls.backend.clientCertificateRef).
+    pub backend_client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 /// A ListenerSet aimed at a Gateway of ours.
@@ -120,6 +122,7 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
                 .map(|l| listener(ctx, &ns, None, frontend(g), l))
                 .collect(),
             sets: Vec::new(),
+            backend_client_cert: None,
         };
         listener_sets(ctx, &mut state);
         conflicts(&mut state.listeners);
@@ -143,10 +146,12 @@ fn backend_client_certificate(ctx: &Ctx<'_>, state: &mut GatewayState<'_>) {
         return;
     };
     match certificate(ctx, "Gateway", &state.namespace, r) {
-        // Backend TLS is not implemented yet: the reference is validated and reported.
-        Ok(_) => state
-            .conditions
-            .set("ResolvedRefs", true, "ResolvedRefs", ""),
+        Ok(ck) => {
+            state.backend_client_cert = Some(ck);
+            state
+                .conditions
+                .set("ResolvedRefs", true, "ResolvedRefs", "");
+        }
         Err((reason, msg)) => {
             let reason = if reason == "RefNotPermitted" {
                 reason

@@ -182,6 +182,9 @@ fn attach(
             .map(|(r, m)| {
                 let mut r = r.clone();
                 r.route = parent.clone();
+                if let Some(ck) = &gw.backend_client_cert {
+                    with_client_cert(&mut r, ck, &gw.namespace, &gw.name);
+                }
                 (Arc::new(r), m.clone())
             })
             .collect(),
@@ -205,6 +208,34 @@ fn attach(
         ));
     }
     Ok(())
+}
+
+/// Backends reached over TLS through this Gateway present its client certificate.
+fn with_client_cert(rule: &mut Rule, ck: &Arc<rustls::sign::CertifiedKey>, gw_ns: &str, gw: &str) {
+    for b in &mut rule.backends {
+        let BackendKind::Service(t) = &b.kind else {
+            continue;
+        };
+        let Some(ir::BackendTls::Ready(tls)) = &t.tls else {
+            continue;
+        };
+        let tls = ir::UpstreamTls {
+            key: format!("{}+{gw_ns}/{gw}", tls.key),
+            server_name: tls.server_name.clone(),
+            accepted_names: tls.accepted_names.clone(),
+            accepted_uris: tls.accepted_uris.clone(),
+            roots: tls.roots.clone(),
+            client_cert: Some(ck.clone()),
+        };
+        b.kind = BackendKind::Service(Arc::new(ir::Target {
+            namespace: t.namespace.clone(),
+            service: t.service.clone(),
+            port: t.port,
+            h2c: t.h2c,
+            endpoints: t.endpoints.clone(),
+            tls: Some(ir::BackendTls::Ready(Arc::new(tls))),
+        }));
+    }
 }
 
 fn namespace_allowed(

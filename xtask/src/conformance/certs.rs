@@ -16,10 +16,24 @@ pub struct Generated {
     /// What the TLS echo backends serve: a leaf for abc.example.com and other.example.com
     /// signed by the CA in ConfigMap tls-checks-ca-certificate.
     pub backend_tls: std::sync::Arc<rustls::ServerConfig>,
+    /// The same, but requiring a client certificate from that CA.
+    pub backend_tls_client_auth: std::sync::Arc<rustls::ServerConfig>,
+    /// The client certificate (PEM) the Gateway must present to that backend.
+    pub backend_client_pem: String,
 }
 
 /// The TLS backends' CA, and a server certificate it signed.
-fn backend_ca() -> anyhow::Result<(String, std::sync::Arc<rustls::ServerConfig>)> {
+/// The TLS backends' CA (PEM), their server configuration, the same requiring client
+/// certificates from that CA, and a client certificate it signed (PEM cert, PEM key).
+struct BackendCa {
+    ca_pem: String,
+    server: std::sync::Arc<rustls::ServerConfig>,
+    server_with_client_auth: std::sync::Arc<rustls::ServerConfig>,
+    client_pem: String,
+    client_key_pem: String,
+}
+
+fn backend_ca() -> anyhow::Result<BackendCa> {
     let ca = new_ca()?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![
@@ -36,9 +50,34 @@ fn backend_ca() -> anyhow::Result<(String, std::sync::Arc<rustls::ServerConfig>)
         .push(rcgen::DnType::CommonName, "default");
     let leaf = params.signed_by(&key, &ca)?;
     let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let config = cedille_echo::tls_server_config(vec![leaf.der().clone()], key_der)
+    let config = cedille_echo::tls_server_config(vec![leaf.der().clone()], key_der.clone_key())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((ca.pem(), config))
+    // The client certificate the Gateway presents in GatewayTLSBackendClientCertificate.
+    let client_key = KeyPair::generate()?;
+    let mut cparams = CertificateParams::new(Vec::<String>::new())?;
+    cparams
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gateway");
+    cparams.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = cparams.signed_by(&client_key, &ca)?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()?;
+    let mut with_auth = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf.der().clone()], key_der)?;
+    with_auth.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(BackendCa {
+        ca_pem: ca.pem(),
+        server: config,
+        server_with_client_auth: std::sync::Arc::new(with_auth),
+        client_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    })
 }
 
 /// A self-signed CA like the suite's (CN gatewayapi).
@@ -110,7 +149,7 @@ pub fn generate() -> anyhow::Result<Generated> {
     let (ca_a, client_a, key_a, der_a, kder_a) = ca_and_client()?;
     let (ca_b, client_b, key_b, der_b, kder_b) = ca_and_client()?;
     let (ca_web, ..) = ca_and_client()?;
-    let (ca_backend, backend_tls) = backend_ca()?;
+    let backend = backend_ca()?;
     let (ca_mismatch, ..) = ca_and_client()?;
     let mut client_certs = std::collections::HashMap::new();
     client_certs.insert(
@@ -145,11 +184,19 @@ pub fn generate() -> anyhow::Result<Generated> {
                 &key_b,
             ),
             config_map("gateway-conformance-web-backend", "web-backend-cm", &ca_web),
-            config_map(infra, "tls-checks-ca-certificate", &ca_backend),
+            config_map(infra, "tls-checks-ca-certificate", &backend.ca_pem),
+            secret(
+                infra,
+                "tls-checks-client-certificate",
+                &backend.client_pem,
+                &backend.client_key_pem,
+            ),
             config_map(infra, "mismatch-ca-certificate", &ca_mismatch),
         ],
         listener_cert_der: der,
         client_certs,
-        backend_tls,
+        backend_tls: backend.server,
+        backend_tls_client_auth: backend.server_with_client_auth,
+        backend_client_pem: backend.client_pem,
     })
 }

@@ -389,6 +389,24 @@ pub fn compare(case: &Value, sent: &Req, scheme: &str, resp: &Resp) -> Result<()
             text(&echoed, "/tls/serverName")
         ));
     }
+    if let Some(pem) = text(case, "/BackendPeerCertPem") {
+        let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        let seen = echoed
+            .pointer("/tls/peerCertificates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !seen
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|p| squash(p) == squash(pem))
+        {
+            return Err(format!(
+                "the backend did not see the Gateway's client certificate ({} peer certificates)",
+                seen.len()
+            ));
+        }
+    }
     let headers = echoed.get("headers").cloned().unwrap_or(Value::Null);
     let header = |name: &str| -> Option<String> {
         headers

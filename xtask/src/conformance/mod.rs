@@ -137,6 +137,8 @@ pub(crate) struct Ctx {
     world: World,
     pinned: Vec<u8>,
     client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
+    /// The client certificate a backend must see in GatewayTLSBackendClientCertificate.
+    backend_client_pem: String,
     pub verbose: bool,
 }
 
@@ -152,11 +154,13 @@ async fn replay(args: Args) -> anyhow::Result<()> {
     let work = root().join("target/conformance");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("config"))?;
+    let backend_client_pem = generated.backend_client_pem.clone();
     let mut world = World::new(
         work.join("config/conformance.yaml"),
         generated.secrets,
         generated.backend_tls.clone(),
     );
+    world.backend_tls_client_auth = Some(generated.backend_tls_client_auth.clone());
     world.apply(&suite.base).await?;
     let gateway = Gateway::start(&work.join("config"), &work.join("gateway.log")).await?;
     let mut ctx = Ctx {
@@ -164,6 +168,7 @@ async fn replay(args: Args) -> anyhow::Result<()> {
         world,
         pinned: generated.listener_cert_der,
         client_certs: generated.client_certs,
+        backend_client_pem,
         verbose: args.verbose,
     };
     eprintln!(

@@ -238,6 +238,12 @@ pub fn plan(
             .collect()
     };
     for (i, c) in &raw {
+        let mut c = c.clone();
+        // A backend must have seen the Gateway's client certificate.
+        if c.get("backendPeerCert").is_some() {
+            c["BackendPeerCertPem"] = json!(ctx.backend_client_pem);
+        }
+        let (i, c) = (i, &c);
         let planned = build(&mut ctx.world, *i, c, format!("#{i}"));
         match after.get(i) {
             Some(step) => plan.after_step.entry(*step).or_default().extend(planned),

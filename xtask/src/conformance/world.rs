@@ -29,6 +29,8 @@ pub struct World {
     pub config_file: PathBuf,
     /// Served by the pods of Deployments named `tls-backend*`.
     backend_tls: Arc<rustls::ServerConfig>,
+    /// Served by `tls-backend-with-client-cert-validation`, which wants a client certificate.
+    pub backend_tls_client_auth: Option<Arc<rustls::ServerConfig>>,
     gateway_ips: BTreeMap<String, Ipv4Addr>,
     pub pods: BTreeMap<String, Pod>,
     next_pod: u32,
@@ -64,6 +66,7 @@ impl World {
         Self {
             config_file,
             backend_tls,
+            backend_tls_client_auth: None,
             gateway_ips: BTreeMap::new(),
             pods: BTreeMap::new(),
             next_pod: 0,
@@ -254,12 +257,13 @@ impl World {
             .await
             .with_context(|| format!("echo pod {pod} on {addr}"))?;
         // The suite's TLS backends serve a certificate from its test CA.
-        let tls = p
-            .echo
-            .config()
-            .service
-            .starts_with("tls-backend")
-            .then(|| self.backend_tls.clone());
+        let service = &p.echo.config().service;
+        let tls = match (&self.backend_tls_client_auth, service.as_str()) {
+            (Some(c), "tls-backend-with-client-cert-validation") => Some(c.clone()),
+            _ => service
+                .starts_with("tls-backend")
+                .then(|| self.backend_tls.clone()),
+        };
         tokio::spawn(cedille_echo::serve(
             listener,
             p.echo.clone(),
