@@ -66,4 +66,27 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 else
   log "cargo-deny present"
 fi
+# Benchmark tools, only with --bench: nginx and HAProxy (the comparison), h2load and oha
+# (load generators). Their system services are stopped: they would hold ports 80/443,
+# which the conformance replay binds on loopback addresses.
+if [ "${1:-}" = "--bench" ]; then
+  bench_missing=()
+  for p in nginx-light haproxy nghttp2-client; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      bench_missing+=("$p")
+    fi
+  done
+  if [ "${#bench_missing[@]}" -gt 0 ]; then
+    log "installing benchmark packages: ${bench_missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${bench_missing[@]}"
+  fi
+  for svc in nginx haproxy; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+  if ! command -v oha >/dev/null 2>&1; then
+    log "installing oha"
+    cargo install --locked oha@1.16.0
+  fi
+fi
 log "done"

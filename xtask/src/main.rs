@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds the eBPF programs, runs the whole test suite (privileged tests
 //! included) and the benchmarks.
 
+mod bench;
 mod conformance;
 mod ebpf;
 mod example;
@@ -28,6 +29,8 @@ enum Cmd {
     Conformance(conformance::Args),
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
     Example(example::Args),
+    /// Benchmarks against nginx and HAProxy (needs `scripts/setup.sh --bench`).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test(args) => test::run(args),
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
+        Cmd::Bench(args) => bench::run(args),
     }
 }
