@@ -21,7 +21,9 @@ pub struct Cmd(Command);
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>, args: &[&str]) -> Self {
         let mut c = Command::new(program);
-        c.args(args).current_dir(root());
+        c.args(args)
+            .current_dir(root())
+            .stdin(std::process::Stdio::null());
         Self(c)
     }
 
