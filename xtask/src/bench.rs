@@ -119,13 +119,16 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
-    let nginx_common =
-        "daemon off; master_process on; worker_processes 1; error_log stderr crit; pid /dev/null;";
+    // Each nginx needs a pid file of its own: nginx deletes it on exit (pointing it at
+    // /dev/null would delete /dev/null).
+    let nginx_common = "daemon off; master_process on; worker_processes 1; error_log stderr crit;";
+    let pid_backend = format!("pid {};", work.join("backend.pid").display());
+    let pid_proxy = format!("pid {};", work.join("proxy.pid").display());
     let backend_conf = work.join("backend.conf");
     write(
         &backend_conf,
         &format!(
-            "{nginx_common} events {{ worker_connections 4096; }} http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{BACKEND} reuseport; location / {{ return 200 \"hello from the benchmark backend\\n\"; }} }} }}"
+            "{nginx_common} {pid_backend} events {{ worker_connections 4096; }} http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{BACKEND} reuseport; location / {{ return 200 \"hello from the benchmark backend\\n\"; }} }} }}"
         ),
     )?;
     let backend = spawn_pinned(
@@ -145,7 +148,7 @@ fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
     write(
         &nginx_conf,
         &format!(
-            "{nginx_common} worker_rlimit_nofile 20000; events {{ worker_connections 9000; }} http {{ access_log off; keepalive_requests 1000000; upstream b {{ server 127.0.0.1:{BACKEND}; keepalive 64; }} server {{ listen 127.0.0.1:18081; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}"
+            "{nginx_common} {pid_proxy} worker_rlimit_nofile 20000; events {{ worker_connections 9000; }} http {{ access_log off; keepalive_requests 1000000; upstream b {{ server 127.0.0.1:{BACKEND}; keepalive 64; }} server {{ listen 127.0.0.1:18081; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}"
         ),
     )?;
     let haproxy_conf = work.join("haproxy.cfg");
