@@ -32,6 +32,14 @@ pub struct PortConfig {
     pub listeners: Vec<Arc<IrListener>>,
 }
 
+impl std::fmt::Debug for PortConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortConfig")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PortConfig {
     /// The listener a hostname (Host header or SNI) selects: the most specific match.
     pub fn listener_for(&self, host: Option<&str>) -> Option<&Arc<IrListener>> {

@@ -62,10 +62,6 @@ impl FileProvider {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Brings the store in line with the directory. Returns whether anything changed: an
     /// object, or what is known to be wrong with a file (status reports both).
     pub fn sync(&mut self, store: &mut Store) -> bool {

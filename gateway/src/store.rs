@@ -53,17 +53,11 @@ pub struct Store {
     objects: BTreeMap<ObjKey, Stored>,
     files: BTreeMap<String, FileState>,
     next_seq: u64,
-    revision: u64,
 }
 
 impl Store {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Increases whenever an object changes; lets callers skip work when nothing did.
-    pub fn revision(&self) -> u64 {
-        self.revision
     }
 
     pub fn get(&self, key: &ObjKey) -> Option<&Stored> {
@@ -197,9 +191,6 @@ impl Store {
         let state = self.files.get_mut(source).expect("inserted above");
         state.keys = new_keys;
         state.errors.extend(conflicts);
-        if !changed.is_empty() {
-            self.revision += 1;
-        }
         changed
     }
 
@@ -208,10 +199,6 @@ impl Store {
         let changed = self.apply_source(source, Parsed::default());
         self.files.remove(source);
         changed
-    }
-
-    pub fn sources(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
     }
 }
 

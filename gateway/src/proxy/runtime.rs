@@ -107,10 +107,6 @@ impl DataPlane {
         failed
     }
 
-    pub async fn bound(&self) -> Vec<SocketAddr> {
-        self.ports.lock().await.keys().copied().collect()
-    }
-
     /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1
     /// `Connection: close` after the current response) and waits up to `deadline`. Returns
     /// whether every connection finished in time.

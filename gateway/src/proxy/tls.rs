@@ -23,14 +23,6 @@ struct SniResolver {
     port: Arc<ArcSwap<PortConfig>>,
 }
 
-impl std::fmt::Debug for PortConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortConfig")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug)]
 struct RefuseAll;
 

@@ -10,8 +10,6 @@ pub struct TestInfo {
     pub manifests: Vec<String>,
     /// `core` or `extended` in the GATEWAY-HTTP profile.
     pub profile: String,
-    #[allow(dead_code)]
-    pub provisional: bool,
 }
 
 pub struct Suite {
@@ -94,7 +92,6 @@ impl Suite {
                 name,
                 manifests,
                 profile,
-                provisional: t["provisional"].as_bool().unwrap_or(false),
             });
         }
         let cases_json: Value =
