@@ -25,6 +25,27 @@ pub mod maps {
     pub const ORIGINAL_DST: &str = "CEDILLE_ORIG_DST";
     /// `PerCpuArray<u64>` indexed by [`crate::Stat`].
     pub const STATS: &str = "CEDILLE_STATS";
+    /// `HashMap<PodAddr, u32 slot>`: an enrolled pod's IP addresses, each naming the slot
+    /// of [`INBOUND_SOCKETS`] that holds the agent's inbound listener for that pod.
+    pub const INBOUND_ADDRS: &str = "CEDILLE_INBOUND";
+    /// `SockMap` of the agent's inbound listeners, one slot per enrolled pod. The kernel
+    /// drops a socket from it when the socket closes (the agent is down).
+    pub const INBOUND_SOCKETS: &str = "CEDILLE_INBOUND_SOCKS";
+    /// `Array<u32>` with one entry: [`crate::CONFIG_FAIL_OPEN`] and future flags.
+    pub const CONFIG: &str = "CEDILLE_CONFIG";
+}
+
+/// [`maps::CONFIG`] flag: while the agent is down, enrolled pods' connections bypass it
+/// instead of failing.
+pub const CONFIG_FAIL_OPEN: u32 = 1;
+
+/// An enrolled pod's IP address: the key of [`maps::INBOUND_ADDRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PodAddr {
+    pub addr: [u32; 4],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
 }
 
 /// Names of the programs in the eBPF object.
@@ -32,6 +53,7 @@ pub mod programs {
     pub const CONNECT4: &str = "cedille_connect4";
     pub const CONNECT6: &str = "cedille_connect6";
     pub const SOCK_OPS: &str = "cedille_sockops";
+    pub const SK_LOOKUP: &str = "cedille_sk_lookup";
 }
 
 /// Capacity of the maps that hold one entry per connection being set up.
@@ -90,14 +112,22 @@ pub enum Stat {
     Recorded = 1,
     /// Map updates the kernel refused (a full non-LRU map, or memory pressure).
     MapUpdateFailed = 2,
+    /// Incoming connections to an enrolled pod handed to the agent's inbound listener.
+    InboundRedirected = 3,
+    /// Incoming connections to an enrolled pod refused because the agent was not listening
+    /// (fail-closed).
+    InboundRefused = 4,
+    /// Connections let past the agent because it was down and the policy is fail-open.
+    FailedOpen = 5,
 }
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 3;
+pub const STAT_COUNT: u32 = 6;
 
 const _: () = assert!(core::mem::size_of::<RedirectTarget>() == 24);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 20);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
+const _: () = assert!(core::mem::size_of::<PodAddr>() == 20);
 
 #[cfg(feature = "user")]
 mod user {
@@ -106,4 +136,5 @@ mod user {
     unsafe impl aya::Pod for super::RedirectTarget {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::PodAddr {}
 }

@@ -7,14 +7,15 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use cedille_ebpf::{
-    AF_INET, AF_INET6, CONNECTION_MAP_ENTRIES, OrigDst, RedirectTarget, STAT_COUNT, SockKey, Stat,
-    TARGET_MAP_ENTRIES,
+    AF_INET, AF_INET6, CONFIG_FAIL_OPEN, CONNECTION_MAP_ENTRIES, OrigDst, PodAddr, RedirectTarget,
+    STAT_COUNT, SockKey, Stat, TARGET_MAP_ENTRIES,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -34,6 +35,27 @@ static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(CONNECTION_MA
 
 #[map(name = "CEDILLE_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[map(name = "CEDILLE_INBOUND")]
+static INBOUND: HashMap<PodAddr, u32> = HashMap::pinned(TARGET_MAP_ENTRIES, 0);
+
+#[map(name = "CEDILLE_INBOUND_SOCKS")]
+static INBOUND_SOCKS: SockMap = SockMap::pinned(TARGET_MAP_ENTRIES, 0);
+
+#[map(name = "CEDILLE_CONFIG")]
+static CONFIG: Array<u32> = Array::pinned(1, 0);
+
+/// Return values of sk_lookup programs.
+const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
+/// The loopback interface: connections the pod (or the agent, from inside the pod's
+/// namespace) makes to itself.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+#[inline(always)]
+fn fail_open() -> bool {
+    CONFIG.get(0).is_some_and(|f| f & CONFIG_FAIL_OPEN != 0)
+}
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -89,6 +111,38 @@ fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
     true
 }
 
+/// Whether the agent's outbound listener exists in this socket's network namespace (only
+/// asked under the fail-open policy: the lookup costs more than the rest of the program).
+#[inline(always)]
+fn agent_listening(ctx: &SockAddrContext, target: &RedirectTarget, v6: bool) -> bool {
+    // SAFETY: a zeroed tuple is valid; the helper reads `size` bytes of it and returns a
+    // socket reference that is released at once.
+    unsafe {
+        let mut tuple: bpf_sock_tuple = core::mem::zeroed();
+        let size = if v6 {
+            tuple.__bindgen_anon_1.ipv6.daddr = target.ip6;
+            tuple.__bindgen_anon_1.ipv6.dport = target.port.to_be();
+            core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv6)
+        } else {
+            tuple.__bindgen_anon_1.ipv4.daddr = target.ip4;
+            tuple.__bindgen_anon_1.ipv4.dport = target.port.to_be();
+            core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv4)
+        };
+        let sk = bpf_sk_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+        true
+    }
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn cedille_connect4(ctx: SockAddrContext) -> i32 {
     let Some(target) = target_for(&ctx) else {
@@ -107,6 +161,10 @@ pub fn cedille_connect4(ctx: SockAddrContext) -> i32 {
             port,
             family: AF_INET,
         };
+        if fail_open() && !agent_listening(&ctx, &target, false) {
+            count(Stat::FailedOpen);
+            return ALLOW;
+        }
         if !remember(&ctx, &orig) {
             return DENY;
         }
@@ -151,6 +209,10 @@ pub fn cedille_connect6(ctx: SockAddrContext) -> i32 {
                 family: AF_INET6,
             }
         };
+        if fail_open() && !agent_listening(&ctx, &target, !mapped) {
+            count(Stat::FailedOpen);
+            return ALLOW;
+        }
         if !remember(&ctx, &orig) {
             return DENY;
         }
@@ -230,4 +292,60 @@ fn record(ctx: &SockOpsContext) {
         return;
     }
     count(Stat::Recorded);
+}
+
+/// Inbound capture, attached to each enrolled pod's network namespace: a TCP connection
+/// arriving from outside the pod for one of the pod's addresses goes to the agent's inbound
+/// listener, whatever port it was for (the agent reads that port from the accepted socket's
+/// local address). Connections over loopback are left alone: they are the pod talking to
+/// itself or the agent delivering to the application.
+#[sk_lookup]
+pub fn cedille_sk_lookup(ctx: SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    // SAFETY: valid context, read with 32-bit loads at constant offsets.
+    let (protocol, family, ifindex) = unsafe {
+        (
+            read_volatile(addr_of!((*l).protocol)),
+            read_volatile(addr_of!((*l).family)),
+            read_volatile(addr_of!((*l).ingress_ifindex)),
+        )
+    };
+    if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX {
+        return SK_PASS;
+    }
+    // SAFETY: as above.
+    let key = unsafe {
+        if family == AF_INET as u32 {
+            PodAddr {
+                addr: [read_volatile(addr_of!((*l).local_ip4)), 0, 0, 0],
+                family,
+            }
+        } else {
+            let ip6 = addr_of!((*l).local_ip6) as *const u32;
+            PodAddr {
+                addr: [
+                    read_volatile(ip6),
+                    read_volatile(ip6.add(1)),
+                    read_volatile(ip6.add(2)),
+                    read_volatile(ip6.add(3)),
+                ],
+                family,
+            }
+        }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(slot) = (unsafe { INBOUND.get(&key) }).copied() else {
+        return SK_PASS;
+    };
+    if INBOUND_SOCKS.redirect_sk_lookup(&ctx, slot, 0).is_ok() {
+        count(Stat::InboundRedirected);
+        return SK_PASS;
+    }
+    // The agent's listener is gone: the agent is down (or the pod is being un-enrolled).
+    if fail_open() {
+        count(Stat::FailedOpen);
+        return SK_PASS;
+    }
+    count(Stat::InboundRefused);
+    SK_DROP
 }

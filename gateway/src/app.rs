@@ -180,7 +180,9 @@ fn watch_dir(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Opening and reading files are events too, and the rescan itself causes them:
+        // reacting to them would rescan in a loop.
+        if res.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.try_send(());
         }
     })

@@ -188,6 +188,9 @@ pub struct Rule {
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
     pub retry: Option<Retry>,
+    /// This rule's metric handles, looked up on its first request (label lookups are too
+    /// costly to repeat on every request).
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>>,
 }
 
 #[derive(Clone, Debug)]

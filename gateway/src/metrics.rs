@@ -39,6 +39,22 @@ struct ResultLabels {
     result: &'static str,
 }
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's request counters (by status class) and duration histogram.
+pub struct RouteMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: StatusCode, took: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
 fn duration_histogram() -> Histogram {
     // 0.25 ms to about 16 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
@@ -129,31 +145,30 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &RouteId, status: StatusCode, took: Duration) {
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                parent_namespace: route.parent_namespace.clone(),
-                parent_name: route.parent_name.clone(),
-                route_namespace: route.namespace.clone(),
-                route_name: route.name.clone(),
-                status_class,
-            })
-            .inc();
-        self.durations
+    /// The handles one route's requests are counted with; the same route identity always
+    /// gets the same underlying series.
+    pub fn route(&self, route: &RouteId) -> RouteMetrics {
+        let requests = STATUS_CLASSES.map(|status_class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    parent_namespace: route.parent_namespace.clone(),
+                    parent_name: route.parent_name.clone(),
+                    route_namespace: route.namespace.clone(),
+                    route_name: route.name.clone(),
+                    status_class,
+                })
+                .clone()
+        });
+        let duration = self
+            .durations
             .get_or_create(&RouteLabels {
                 parent_namespace: route.parent_namespace.clone(),
                 parent_name: route.parent_name.clone(),
                 route_namespace: route.namespace.clone(),
                 route_name: route.name.clone(),
             })
-            .observe(took.as_secs_f64());
+            .clone();
+        RouteMetrics { requests, duration }
     }
 
     pub fn connection_opened(&self) -> ActiveConnection {

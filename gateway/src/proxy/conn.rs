@@ -1,13 +1,13 @@
 //! Accepting and serving connections on one socket.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -17,6 +17,9 @@ use tracing::{debug, warn};
 
 use super::handler::{ConnInfo, Shared, handle};
 use crate::ir::{PortConfig, Protocol};
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<super::Body>, Infallible>> + Send>>;
 
 /// Limits on what a client controls.
 #[derive(Clone, Debug)]
@@ -47,8 +50,8 @@ pub(crate) struct Acceptor {
     pub tls: std::sync::Mutex<(Option<Arc<crate::ir::ClientAuth>>, TlsAcceptor)>,
     pub limits: Limits,
     pub connections: Arc<Semaphore>,
-    /// Taken (set to `None`) when draining starts: new connections are then refused.
-    pub graceful: Arc<std::sync::Mutex<Option<GracefulShutdown>>>,
+    /// Becomes true when draining starts.
+    pub drain: watch::Receiver<bool>,
 }
 
 impl Acceptor {
@@ -83,14 +86,33 @@ impl Acceptor {
         let metrics = self.shared.metrics.clone();
         let _active = metrics.connection_opened();
         let _ = stream.set_nodelay(true);
-        let builder = self.builder();
         if self.port.load().protocol == Protocol::Https {
-            let acceptor = self.acceptor();
-            let tls = match tokio::time::timeout(
-                self.limits.tls_handshake_timeout,
-                acceptor.accept(stream),
-            )
-            .await
+            // Boxed, so that a plain connection's task does not reserve room for TLS state.
+            Box::pin(self.serve_tls(stream, peer)).await;
+            return;
+        }
+        // The client gets the header read timeout to show which HTTP version it speaks.
+        let h2 =
+            match tokio::time::timeout(self.limits.header_read_timeout, sniff_h2_preface(&stream))
+                .await
+            {
+                Ok(Ok(h2)) => h2,
+                _ => return,
+            };
+        let info = Arc::new(ConnInfo::new(peer, None));
+        if h2 {
+            Box::pin(self.serve_h2(TokioIo::new(stream), info)).await;
+        } else {
+            self.serve_h1(TokioIo::new(stream), info).await;
+        }
+    }
+
+    async fn serve_tls(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let metrics = &self.shared.metrics;
+        let acceptor = self.acceptor();
+        let tls =
+            match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream))
+                .await
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -104,37 +126,14 @@ impl Acceptor {
                     return;
                 }
             };
-            let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let info = Arc::new(ConnInfo {
-                peer,
-                tls: true,
-                sni,
-            });
-            // ALPN decided the protocol: no preface sniffing, which has no timeout.
-            let builder = if h2 {
-                builder.http2_only()
-            } else {
-                builder.http1_only()
-            };
-            self.serve_http(builder, TokioIo::new(tls), info).await;
+        let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let info = Arc::new(ConnInfo::new(peer, Some(sni)));
+        // ALPN decided the protocol.
+        if h2 {
+            self.serve_h2(TokioIo::new(tls), info).await;
         } else {
-            // The HTTP/1-or-2 detection waits for bytes without a deadline; a client gets
-            // the header read timeout to send its first one.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-
-            let info = Arc::new(ConnInfo {
-                peer,
-                tls: false,
-                sni: None,
-            });
-            self.serve_http(builder, TokioIo::new(stream), info).await;
+            self.serve_h1(TokioIo::new(tls), info).await;
         }
     }
 
@@ -153,44 +152,98 @@ impl Acceptor {
         cached.1.clone()
     }
 
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
+    fn service(
+        &self,
+        info: Arc<ConnInfo>,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<super::Body>,
+        Error = Infallible,
+        Future = ResponseFuture,
+    > + Clone
+    + use<> {
+        let port = self.port.clone();
+        let shared = self.shared.clone();
+        service_fn(move |req| {
+            let cfg = port.load_full();
+            let shared = shared.clone();
+            let info = info.clone();
+            // Boxed: hyper keeps a connection's request future slot for the connection's
+            // life, so an unboxed one would hold the handler's whole state while idle.
+            Box::pin(async move { Ok::<_, Infallible>(handle(shared, cfg, info, req).await) })
+                as ResponseFuture
+        })
+    }
+
+    async fn serve_h1<I>(&self, io: I, info: Arc<ConnInfo>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        b.http2()
-            .timer(TokioTimer::new())
+        let conn = b.serve_connection(io, self.service(info)).with_upgrades();
+        self.until_drained(conn, |c| c.graceful_shutdown()).await;
+    }
+
+    async fn serve_h2<I>(&self, io: I, info: Arc<ConnInfo>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
             .max_header_list_size(self.limits.max_header_bytes as u32)
             .max_concurrent_streams(self.limits.h2_max_concurrent_streams)
             .keep_alive_interval(self.limits.h2_keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(20));
-        b
+        let conn = b.serve_connection(io, self.service(info));
+        self.until_drained(conn, |c| c.graceful_shutdown()).await;
     }
 
-    async fn serve_http<I>(&self, builder: auto::Builder<TokioExecutor>, io: I, info: Arc<ConnInfo>)
+    /// Runs a connection; when draining starts, asks it to finish gracefully (HTTP/2
+    /// GOAWAY, HTTP/1.1 `Connection: close` after the current response) and lets it.
+    async fn until_drained<C, E>(&self, conn: C, graceful: impl FnOnce(Pin<&mut C>))
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
-        let port = self.port.clone();
-        let shared = self.shared.clone();
-        let svc = service_fn(move |req| {
-            let cfg = port.load_full();
-            let shared = shared.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(handle(shared, cfg, info, req).await) }
-        });
-        let watcher = {
-            let g = self.graceful.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref().map(GracefulShutdown::watcher)
+        let mut conn = std::pin::pin!(conn);
+        let mut drain = self.drain.clone();
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
+
+                graceful(conn.as_mut());
+                conn.await
+            }
         };
-        let Some(watcher) = watcher else {
-            return;
-        };
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        if let Err(e) = watcher.watch(conn).await {
+        if let Err(e) = result {
             debug!(error = %e, "connection ended with an error");
         }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext client opens with the HTTP/2 preface (prior knowledge), looking
+/// without consuming; an error if the connection ends first.
+async fn sniff_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface so far: wait for more (peek returns at once while
+        // anything is buffered).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -32,8 +32,24 @@ pub struct Shared {
 /// What the connection a request arrived on knows.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as an X-Forwarded-For value, formatted once per connection.
+    pub peer_ip: HeaderValue,
+
     pub tls: bool,
     pub sni: Option<String>,
+}
+
+impl ConnInfo {
+    /// `tls` is the TLS server name the client sent, if the connection is TLS.
+    pub fn new(peer: SocketAddr, tls: Option<Option<String>>) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            peer,
+            peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            tls: tls.is_some(),
+            sni: tls.flatten(),
+        }
+    }
 }
 
 fn simple(status: StatusCode, msg: &str) -> Response<Body> {
@@ -97,8 +113,9 @@ async fn route(
         return simple(StatusCode::NOT_FOUND, "no route matches");
     };
     let rule = entry.rule.clone();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Captured for the access log only when it is on.
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let fut = process(&shared, &port, &conn, entry, req, host);
     let resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
@@ -106,12 +123,14 @@ async fn route(
             .unwrap_or_else(|_| simple(StatusCode::GATEWAY_TIMEOUT, "request timeout")),
         None => fut.await,
     };
-    shared
-        .metrics
-        .request(&rule.route, resp.status(), start.elapsed());
-    info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
-        route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
-        duration_ms = start.elapsed().as_secs_f64() * 1e3);
+    rule.metrics
+        .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)))
+        .record(resp.status(), start.elapsed());
+    if let Some((method, path)) = logged {
+        info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
+            route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
+            duration_ms = start.elapsed().as_secs_f64() * 1e3);
+    }
     resp
 }
 
@@ -343,7 +362,8 @@ async fn process(
     for m in mirrors {
         if let Some((addr, guard)) = shared.upstreams.pick(&m, None) {
             let req = build(
-                &parts,
+                &parts.method,
+                parts.headers.clone(),
                 &path_and_query,
                 addr,
                 full(buffered.clone().unwrap_or_default()),
@@ -377,7 +397,13 @@ async fn process(
             (None, Some(s)) => s,
             (None, None) => empty(),
         };
-        let req = build(&parts, &path_and_query, addr, body);
+        // The last attempt may take the headers instead of copying them.
+        let headers = if attempt >= attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        let req = build(&parts.method, headers, &path_and_query, addr, body);
         let sent = shared.upstreams.send(target, req);
         let result = match rule.backend_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
@@ -444,7 +470,8 @@ async fn process(
 }
 
 fn build(
-    parts: &http::request::Parts,
+    method: &Method,
+    headers: HeaderMap,
     path_and_query: &str,
     addr: SocketAddr,
     body: Body,
@@ -453,9 +480,9 @@ fn build(
         .parse()
         .unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     req
 }
 
@@ -472,12 +499,13 @@ fn apply_edit(h: &mut HeaderMap, e: &ir::HeaderEdit) {
 }
 
 fn append_forwarded(h: &mut HeaderMap, conn: &ConnInfo, scheme: &'static str) {
-    let ip = conn.peer.ip().to_canonical().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip().to_canonical())).ok()
+        }
+        None => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));

@@ -2,16 +2,9 @@
 //! listener table of existing ones (in-flight requests keep the table they started with) and
 //! stops accepting on sockets no longer wanted; open connections on those finish normally.
 
-use std::{
-    collections::BTreeMap,
-    io,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -37,7 +30,8 @@ pub struct DataPlane {
     shared: Arc<Shared>,
     limits: Limits,
     connections: Arc<Semaphore>,
-    graceful: Arc<Mutex<Option<GracefulShutdown>>>,
+    /// Set to true when draining starts; every connection watches it.
+    drain: watch::Sender<bool>,
     ports: tokio::sync::Mutex<BTreeMap<SocketAddr, Bound>>,
     max_connections: usize,
 }
@@ -51,7 +45,7 @@ impl DataPlane {
             }),
             limits,
             connections: Arc::new(Semaphore::new(max_connections)),
-            graceful: Arc::new(Mutex::new(Some(GracefulShutdown::new()))),
+            drain: watch::channel(false).0,
             ports: tokio::sync::Mutex::new(BTreeMap::new()),
             max_connections,
         }
@@ -96,7 +90,7 @@ impl DataPlane {
                 )),
                 limits: self.limits.clone(),
                 connections: self.connections.clone(),
-                graceful: self.graceful.clone(),
+                drain: self.drain.subscribe(),
             });
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(acceptor.run(listener, stop_rx));
@@ -116,17 +110,14 @@ impl DataPlane {
             let _ = b.stop.send(true);
             let _ = b.task.await;
         }
-        let graceful = self
-            .graceful
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(graceful) = graceful else {
+        if self.drain.send_replace(true) {
             return true;
-        };
+        }
         let open = self.max_connections - self.connections.available_permits();
         info!(open_connections = open, ?deadline, "draining");
-        tokio::time::timeout(deadline, graceful.shutdown())
+        // Every connection holds a permit until it ends: all permits back means all done.
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(deadline, self.connections.acquire_many(all))
             .await
             .is_ok()
     }

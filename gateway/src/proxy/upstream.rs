@@ -93,25 +93,27 @@ impl Upstreams {
         target: &Target,
         exclude: Option<SocketAddr>,
     ) -> Option<(SocketAddr, InflightGuard)> {
-        let eps: Vec<SocketAddr> = if target.endpoints.len() > 1 {
-            target
-                .endpoints
-                .iter()
-                .copied()
-                .filter(|e| Some(*e) != exclude)
-                .collect()
-        } else {
-            target.endpoints.clone()
+        let all = &target.endpoints;
+        // With another choice, the excluded endpoint (the one that just failed) is skipped.
+        let skip = match exclude {
+            Some(x) if all.len() > 1 => all.iter().position(|e| *e == x),
+            _ => None,
         };
-        let addr = match eps.len() {
+        let n = all.len() - usize::from(skip.is_some());
+        // The i-th endpoint of the list without the skipped one.
+        let nth = |i: usize| match skip {
+            Some(s) if i >= s => all[i + 1],
+            _ => all[i],
+        };
+        let addr = match n {
             0 => return None,
-            1 => eps[0],
+            1 => nth(0),
             n => {
-                let a = eps[rand::random_range(0..n)];
-                let mut b = eps[rand::random_range(0..n - 1)];
-                if b == a {
-                    b = eps[n - 1];
-                }
+                // Two distinct random endpoints; the one with fewer requests in flight wins.
+                let i = rand::random_range(0..n);
+                let j = (i + rand::random_range(1..n)) % n;
+                let (a, b) = (nth(i), nth(j));
+
                 let (ca, cb) = (self.counter(a), self.counter(b));
                 if cb.load(Ordering::Relaxed) < ca.load(Ordering::Relaxed) {
                     b

@@ -329,6 +329,7 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
                     .and_then(|t| t.backend_request.as_ref()),
             ),
             retry,
+            metrics: Default::default(),
         };
         rules.push((rule_ir, matchers));
     }

@@ -1,0 +1,126 @@
+//! `cargo xtask bench gateway|agent`: Cedille next to the software it replaces, measured in
+//! one run with interleaved rounds and medians. On this 2-core machine throughput swings
+//! from run to run while CPU time per unit of work is stable, so the figures that count are
+//! CPU per request (or per handshake, per connection) and latency at a fixed rate.
+
+mod gateway;
+
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to benchmark: `gateway`.
+    target: String,
+    /// Interleaved rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Idle connections opened for the memory measurement.
+    #[arg(long, default_value_t = 2000)]
+    idle: usize,
+    /// Requests per second for the fixed-rate latency measurement.
+    #[arg(long, default_value_t = 5000)]
+    rate: u32,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.target.as_str() {
+        "gateway" => gateway::run(&args),
+        other => bail!("unknown benchmark {other:?}: try `cargo xtask bench gateway`"),
+    }
+}
+
+/// Each process started here leads its own process group (nginx forks its workers).
+fn kill_group(child: &Child) {
+    // SAFETY: signals a process group this benchmark created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+}
+
+/// Runs `program` pinned to `cpu`, as the leader of a new process group.
+fn spawn_pinned(
+    cpu: &str,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu, program])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn()
+        .with_context(|| format!("starting {program} (run scripts/setup.sh --bench)"))
+}
+
+/// Pins the calling thread, and the threads it starts later, to one CPU.
+fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port}")
+}
+
+/// CPU seconds and resident bytes of every process in a process group.
+fn group_usage(pgid: u32) -> (f64, u64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut cpu = 0.0;
+    let mut rss = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the ")" that ends the command name.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() < 22 || f[2].parse::<u32>().ok() != Some(pgid) {
+            continue;
+        }
+        let utime: f64 = f[11].parse().unwrap_or(0.0);
+        let stime: f64 = f[12].parse().unwrap_or(0.0);
+        cpu += (utime + stime) / ticks;
+        rss += f[21].parse::<u64>().unwrap_or(0) * 4096;
+    }
+    (cpu, rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
