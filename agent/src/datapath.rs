@@ -5,6 +5,7 @@
 //! ```text
 //! maps/CEDILLE_TARGETS, maps/CEDILLE_ORIG_DST, ...   shared by every attachment
 //! links/<attachment id>/connect4|connect6|sockops    one directory per attached cgroup
+//! links/<attachment id>/sk_lookup                     and its pod's network namespace
 //! ```
 //! While a link is pinned the kernel keeps it attached, agent or no agent: that is what keeps
 //! an enrolled pod's traffic steered (fail-closed) while the agent restarts.
@@ -20,13 +21,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockMap},
     programs::{
         CgroupAttachMode, ProgramError,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use cedille_ebpf::{AF_INET, AF_INET6, OrigDst, RedirectTarget, STAT_COUNT, SockKey, Stat};
+use cedille_ebpf::{
+    AF_INET, AF_INET6, CONFIG_FAIL_OPEN, OrigDst, PodAddr, RedirectTarget, STAT_COUNT, SockKey,
+    Stat,
+};
 use tracing::{info, warn};
 
 use crate::netns;
@@ -37,6 +41,9 @@ const PROGRAMS: [(&str, &str); 3] = [
     (cedille_ebpf::programs::CONNECT6, "connect6"),
     (cedille_ebpf::programs::SOCK_OPS, "sockops"),
 ];
+
+/// The inbound program, attached to an enrolled pod's network namespace.
+const SK_LOOKUP: (&str, &str) = (cedille_ebpf::programs::SK_LOOKUP, "sk_lookup");
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -102,6 +109,19 @@ pub struct Stats {
     pub redirected: u64,
     pub recorded: u64,
     pub map_update_failed: u64,
+    pub inbound_redirected: u64,
+    pub inbound_refused: u64,
+    pub failed_open: u64,
+}
+
+/// Entries in each eBPF map, for metrics and leak checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapCounts {
+    pub targets: usize,
+    pub pending: usize,
+    pub original_dsts: usize,
+    pub inbound_addrs: usize,
+    pub inbound_sockets: usize,
 }
 
 pub struct Datapath {
@@ -110,7 +130,13 @@ pub struct Datapath {
     links: StdHashMap<String, Vec<PinnedLink>>,
     targets: HashMap<MapData, u64, RedirectTarget>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    pending: HashMap<MapData, u64, OrigDst>,
     stats: PerCpuArray<MapData, u64>,
+    inbound: HashMap<MapData, PodAddr, u32>,
+    inbound_socks: SockMap<MapData>,
+    /// Slots of `inbound_socks` this run has filled.
+    inbound_slots: std::collections::BTreeSet<u32>,
+    config: Array<MapData, u32>,
 }
 
 impl Datapath {
@@ -131,7 +157,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(object)?;
-        for (name, _) in PROGRAMS {
+        for (name, _) in PROGRAMS.iter().chain([&SK_LOOKUP]) {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
                 name,
                 source: ProgramError::UnexpectedProgramType,
@@ -139,6 +165,7 @@ impl Datapath {
             let loaded = match program {
                 aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 aya::programs::Program::SockOps(p) => p.load(),
+                aya::programs::Program::SkLookup(p) => p.load(),
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
             loaded.map_err(|source| DatapathError::Program { name, source })?;
@@ -146,13 +173,22 @@ impl Datapath {
         let targets = take_map(&mut ebpf, cedille_ebpf::maps::REDIRECT_TARGETS)?;
         let orig = take_map(&mut ebpf, cedille_ebpf::maps::ORIGINAL_DST)?;
         let stats = take_map(&mut ebpf, cedille_ebpf::maps::STATS)?;
+        let pending = take_map(&mut ebpf, cedille_ebpf::maps::PENDING)?;
+        let inbound = take_map(&mut ebpf, cedille_ebpf::maps::INBOUND_ADDRS)?;
+        let inbound_socks = take_map(&mut ebpf, cedille_ebpf::maps::INBOUND_SOCKETS)?;
+        let config = take_map(&mut ebpf, cedille_ebpf::maps::CONFIG)?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             links: StdHashMap::new(),
             targets,
             orig: Mutex::new(orig),
+            pending,
             stats,
+            inbound,
+            inbound_socks,
+            inbound_slots: Default::default(),
+            config,
         })
     }
 
@@ -242,7 +278,7 @@ impl Datapath {
                 }
             }
         }
-        for (_, file) in PROGRAMS {
+        for (_, file) in PROGRAMS.iter().chain([&SK_LOOKUP]) {
             let pin = dir.join(file);
             if pin.exists() {
                 found = true;
@@ -340,6 +376,183 @@ impl Datapath {
         Ok(Some(orig_to_addr(&value)))
     }
 
+    /// Attaches the inbound program to the network namespace `netns` under the attachment
+    /// `id` (next to its cgroup programs), or adopts the link an earlier run pinned.
+    pub fn attach_netns(&mut self, id: &str, netns: &fs::File) -> Result<Attached> {
+        let dir = self.link_dir(id)?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let pin = dir.join(SK_LOOKUP.1);
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => {
+                    self.links.entry(id.to_owned()).or_default().push(link);
+                    return Ok(Attached::Adopted);
+                }
+                Err(e) => {
+                    warn!(pin = %pin.display(), error = %e, "replacing unreadable pinned link");
+                    fs::remove_file(&pin).map_err(io_err(&pin))?;
+                }
+            }
+        }
+        let name = SK_LOOKUP.0;
+        let err = |source| DatapathError::Program { name, source };
+        let aya::programs::Program::SkLookup(p) = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(err(ProgramError::UnexpectedProgramType))?
+        else {
+            return Err(err(ProgramError::UnexpectedProgramType));
+        };
+        let link_id = p.attach(netns.as_fd()).map_err(err)?;
+        let link: FdLink = p.take_link(link_id).map_err(err)?.into();
+        let pinned = link.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        self.links.entry(id.to_owned()).or_default().push(pinned);
+        info!(id, "inbound eBPF program attached");
+        Ok(Attached::Created)
+    }
+
+    /// Hands connections arriving for any of `addrs` to `listener` (through `slot`).
+    pub fn set_inbound(
+        &mut self,
+        slot: u32,
+        listener: &impl std::os::fd::AsRawFd,
+        addrs: &[IpAddr],
+    ) -> Result<()> {
+        let map_err = |name| move |source| DatapathError::Map { name, source };
+        self.inbound_socks
+            .set(slot, listener, 0)
+            .map_err(map_err(cedille_ebpf::maps::INBOUND_SOCKETS))?;
+        self.inbound_slots.insert(slot);
+        for addr in addrs {
+            self.inbound
+                .insert(pod_addr(*addr), slot, 0)
+                .map_err(map_err(cedille_ebpf::maps::INBOUND_ADDRS))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Self::set_inbound`]; missing entries are not an error.
+    pub fn remove_inbound(&mut self, slot: u32, addrs: &[IpAddr]) -> Result<()> {
+        for addr in addrs {
+            match self.inbound.remove(&pod_addr(*addr)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        name: cedille_ebpf::maps::INBOUND_ADDRS,
+                        source,
+                    });
+                }
+            }
+        }
+        self.inbound_slots.remove(&slot);
+        match self.inbound_socks.clear_index(&slot) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // An empty slot (the socket closed already) reads as "no such entry".
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Map {
+                name: cedille_ebpf::maps::INBOUND_SOCKETS,
+                source,
+            }),
+        }
+    }
+
+    /// Removes every entry left for pod addresses not in `keep` (a previous run's pods).
+    pub fn retain_inbound(&mut self, keep: &[IpAddr]) -> Result<usize> {
+        let keep: Vec<PodAddr> = keep.iter().map(|a| pod_addr(*a)).collect();
+        let stale: Vec<PodAddr> = self
+            .inbound
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in &stale {
+            let _ = self.inbound.remove(k);
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes the redirect targets of network namespaces not in `keep`.
+    pub fn retain_targets(&mut self, keep: &[u64]) -> usize {
+        let stale: Vec<u64> = self
+            .targets
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in &stale {
+            let _ = self.targets.remove(k);
+        }
+        stale.len()
+    }
+
+    /// Forgets recorded original destinations of connections made in `netns_cookie` (an
+    /// un-enrolled pod's connections that the agent never accepted).
+    pub fn purge_netns(&mut self, netns_cookie: u64) -> usize {
+        let mut orig = self.orig.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<SockKey> = orig
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.netns_cookie == netns_cookie)
+            .collect();
+        for k in &stale {
+            let _ = orig.remove(k);
+        }
+        stale.len()
+    }
+
+    /// Chooses what enrolled pods' connections do while the agent is down.
+    pub fn set_fail_open(&mut self, open: bool) -> Result<()> {
+        let flags = if open { CONFIG_FAIL_OPEN } else { 0 };
+        self.config
+            .set(0, flags, 0)
+            .map_err(|source| DatapathError::Map {
+                name: cedille_ebpf::maps::CONFIG,
+                source,
+            })
+    }
+
+    /// Inbound slots in use.
+    pub fn inbound_slots(&self) -> std::collections::BTreeSet<u32> {
+        self.inbound_slots.clone()
+    }
+
+    pub fn map_counts(&self) -> MapCounts {
+        let orig = self.orig.lock().unwrap_or_else(|e| e.into_inner());
+        MapCounts {
+            targets: self.targets.keys().filter(|k| k.is_ok()).count(),
+            pending: self.pending.keys().filter(|k| k.is_ok()).count(),
+            original_dsts: orig.keys().filter(|k| k.is_ok()).count(),
+            inbound_addrs: self.inbound.keys().filter(|k| k.is_ok()).count(),
+            inbound_sockets: self.inbound_slots.len(),
+        }
+    }
+
+    /// Kernel run time and run count of each program (`kernel.bpf_stats_enabled` must be 1
+    /// for them to move).
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        let mut out = Vec::new();
+        for (name, _) in PROGRAMS.iter().chain([&SK_LOOKUP]) {
+            let Some(p) = self.ebpf.program(name) else {
+                continue;
+            };
+            let info = match p {
+                aya::programs::Program::CgroupSockAddr(p) => p.info(),
+                aya::programs::Program::SockOps(p) => p.info(),
+                aya::programs::Program::SkLookup(p) => p.info(),
+                _ => continue,
+            };
+            if let Ok(info) = info {
+                out.push((*name, info.run_time().as_nanos() as u64, info.run_count()));
+            }
+        }
+        out
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         let read = |stat: Stat| -> Result<u64> {
             let per_cpu =
@@ -351,11 +564,14 @@ impl Datapath {
                     })?;
             Ok(per_cpu.iter().sum())
         };
-        debug_assert_eq!(STAT_COUNT, 3);
+        debug_assert_eq!(STAT_COUNT, 6);
         Ok(Stats {
             redirected: read(Stat::Redirected)?,
             recorded: read(Stat::Recorded)?,
             map_update_failed: read(Stat::MapUpdateFailed)?,
+            inbound_redirected: read(Stat::InboundRedirected)?,
+            inbound_refused: read(Stat::InboundRefused)?,
+            failed_open: read(Stat::FailedOpen)?,
         })
     }
 }
@@ -453,6 +669,19 @@ pub fn sock_key(netns_cookie: u64, peer: SocketAddr) -> SockKey {
         port: peer.port(),
         family,
         _pad: 0,
+    }
+}
+
+fn pod_addr(addr: IpAddr) -> PodAddr {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => PodAddr {
+            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            family: u32::from(AF_INET),
+        },
+        IpAddr::V6(v6) => PodAddr {
+            addr: words(v6.octets()),
+            family: u32::from(AF_INET6),
+        },
     }
 }
 

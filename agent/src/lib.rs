@@ -1,8 +1,13 @@
 //! cedille-agent: the node agent's library. `main.rs` is a thin wrapper, so tests drive the
 //! real code in-process.
 
+pub mod app;
+pub mod cgroups;
 pub mod datapath;
+pub mod manifest;
+pub mod metrics;
 pub mod netns;
+pub mod node;
 
 /// The eBPF object embedded at build time (empty when built without `cargo xtask`).
 pub static EBPF_OBJECT: &[u8] =

@@ -1,14 +1,40 @@
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use cedille_agent::datapath::Datapath;
-use clap::Parser;
+use cedille_agent::{datapath::Datapath, metrics::Metrics, node};
+use clap::{Parser, ValueEnum};
 use tracing::info;
 
-/// Cedille node agent: steers enrolled pods' connections through the agent with eBPF.
+/// Cedille node agent: carries enrolled pods' connections, steered into it by eBPF.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// Directory of Pod, Namespace, Service and EndpointSlice manifests (watched).
+    #[arg(long, env = "CEDILLE_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// This node's name: only pods whose spec.nodeName is this are enrolled.
+    #[arg(long, env = "CEDILLE_NODE_NAME")]
+    node_name: Option<String>,
+    /// Root of the kubelet's pod cgroups (cgroup v2), searched for pod<uid> directories.
+    #[arg(long, env = "CEDILLE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Admin endpoint: /metrics /readyz /livez /config.
+    #[arg(long, env = "CEDILLE_ADMIN_ADDR", default_value = "127.0.0.1:15020")]
+    admin_addr: SocketAddr,
+    /// What an enrolled pod's new connections do while the agent is down: `closed` (fail)
+    /// or `open` (bypass the agent).
+    #[arg(long, env = "CEDILLE_FAILURE_POLICY", value_enum, default_value_t = FailurePolicy::Closed)]
+    failure_policy: FailurePolicy,
+    /// The agent's outbound listener port inside each pod (loopback).
+    #[arg(long, env = "CEDILLE_OUTBOUND_PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    /// The agent's inbound listener port inside each pod.
+    #[arg(long, env = "CEDILLE_INBOUND_PORT", default_value_t = 15006)]
+    inbound_port: u16,
+    /// Open the pods' listeners but attach no eBPF (for an iptables REDIRECT capture, as
+    /// the benchmark's sidecar-style comparison does).
+    #[arg(long, hide = true)]
+    no_ebpf: bool,
     /// bpffs directory where the agent pins its maps and links; pins survive agent restarts.
     #[arg(
         long,
@@ -25,6 +51,12 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "CEDILLE_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FailurePolicy {
+    Closed,
+    Open,
 }
 
 #[tokio::main]
@@ -48,8 +80,23 @@ async fn main() -> anyhow::Result<()> {
         info!(detached = pinned.len(), "uninstalled");
         return Ok(());
     }
-    // Attachments pinned by an earlier run keep steering traffic; nothing to redo for them.
-    info!(pin_dir = %args.bpf_pin_dir.display(), adopted = ?pinned, "agent running");
+    let config_dir = args
+        .config_dir
+        .context("--config-dir (or CEDILLE_CONFIG_DIR) is required")?;
+    let node_name = args
+        .node_name
+        .context("--node-name (or CEDILLE_NODE_NAME) is required")?;
+    let settings = node::Settings {
+        node_name: node_name.clone(),
+        cgroup_root: args.cgroup_root,
+        fail_open: args.failure_policy == FailurePolicy::Open,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        no_ebpf: args.no_ebpf,
+    };
+    info!(pin_dir = %args.bpf_pin_dir.display(), pinned = pinned.len(), policy = ?args.failure_policy, "starting; pinned attachments are adopted as their pods are enrolled");
+    let node = node::Node::new(settings, datapath, Arc::new(Metrics::new()))?;
+    let _running = cedille_agent::app::start(config_dir, node_name, node, args.admin_addr).await?;
     cedille_common::shutdown_signal().await?;
     // Exiting leaves links and maps pinned: enrolled pods stay steered (fail-closed) until
     // the next agent adopts them.

@@ -310,7 +310,7 @@ fn privileged_restart_adopts_pins_and_fails_closed_meanwhile() {
     assert_eq!(connect(&t.pod, cg, "10.91.0.2", 8080).unwrap(), "direct");
     assert_eq!(
         t.pins.pinned().unwrap(),
-        4,
-        "only the four maps stay pinned"
+        7,
+        "only the seven maps stay pinned"
     );
 }

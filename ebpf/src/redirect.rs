@@ -297,8 +297,8 @@ fn record(ctx: &SockOpsContext) {
 /// Inbound capture, attached to each enrolled pod's network namespace: a TCP connection
 /// arriving from outside the pod for one of the pod's addresses goes to the agent's inbound
 /// listener, whatever port it was for (the agent reads that port from the accepted socket's
-/// local address). Connections over loopback are left alone: they are the pod talking to
-/// itself or the agent delivering to the application.
+/// local address). Connections over loopback, or from the pod's own address, are left
+/// alone: they are the pod talking to itself or the agent delivering to the application.
 #[sk_lookup]
 pub fn cedille_sk_lookup(ctx: SkLookupContext) -> u32 {
     let l = ctx.lookup;
@@ -314,25 +314,47 @@ pub fn cedille_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     // SAFETY: as above.
-    let key = unsafe {
+    let (key, from_itself) = unsafe {
         if family == AF_INET as u32 {
-            PodAddr {
-                addr: [read_volatile(addr_of!((*l).local_ip4)), 0, 0, 0],
-                family,
-            }
+            let local = read_volatile(addr_of!((*l).local_ip4));
+            let remote = read_volatile(addr_of!((*l).remote_ip4));
+            (
+                PodAddr {
+                    addr: [local, 0, 0, 0],
+                    family,
+                },
+                local == remote,
+            )
         } else {
-            let ip6 = addr_of!((*l).local_ip6) as *const u32;
-            PodAddr {
-                addr: [
-                    read_volatile(ip6),
-                    read_volatile(ip6.add(1)),
-                    read_volatile(ip6.add(2)),
-                    read_volatile(ip6.add(3)),
-                ],
-                family,
-            }
+            let l6 = addr_of!((*l).local_ip6) as *const u32;
+            let r6 = addr_of!((*l).remote_ip6) as *const u32;
+            let local = [
+                read_volatile(l6),
+                read_volatile(l6.add(1)),
+                read_volatile(l6.add(2)),
+                read_volatile(l6.add(3)),
+            ];
+            let remote = [
+                read_volatile(r6),
+                read_volatile(r6.add(1)),
+                read_volatile(r6.add(2)),
+                read_volatile(r6.add(3)),
+            ];
+            (
+                PodAddr {
+                    addr: local,
+                    family,
+                },
+                local == remote,
+            )
         }
     };
+    // From the address it is going to: the pod connecting to itself, which is also how the
+    // agent delivers inbound connections to the application (the kernel picks the
+    // destination as the source of a connection to a local address).
+    if from_itself {
+        return SK_PASS;
+    }
     // SAFETY: the value is copied out at once.
     let Some(slot) = (unsafe { INBOUND.get(&key) }).copied() else {
         return SK_PASS;

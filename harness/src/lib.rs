@@ -16,7 +16,7 @@ pub use bpffs::{PinDir, ensure_bpffs};
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use cmd::{ip, run};
 pub use netns::{Bridge, Netns, veth_pair};
-pub use process::{Output, run_in};
+pub use process::{Background, Output, run_in, spawn_in};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -25,25 +25,19 @@ impl Output {
     }
 }
 
-/// Runs `cmd` inside the network namespace `netns` and the cgroup `cgroup` (either optional),
-/// killing it after `timeout`. The process joins both before `exec`, so everything it does,
-/// from its first instruction, happens there.
-pub fn run_in(
-    netns: Option<&Netns>,
-    cgroup: Option<&Path>,
-    mut cmd: Command,
-    timeout: Duration,
-) -> io::Result<Output> {
+/// Makes `cmd` join `netns` and `cgroup` (either optional) before `exec`. The descriptors
+/// live in the hook, so they stay open until the process is spawned.
+fn enter(netns: Option<&Netns>, cgroup: Option<&Path>, cmd: &mut Command) -> io::Result<()> {
     let ns_file = netns.map(|ns| File::open(ns.path())).transpose()?;
     let procs = cgroup
         .map(|cg| OpenOptions::new().write(true).open(cg.join("cgroup.procs")))
         .transpose()?;
-    let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
     // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
     // (setns, write) on descriptors opened beforehand.
     unsafe {
         cmd.pre_exec(move || {
+            let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+            let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
             if let Some(fd) = procs_fd {
                 // Writing "0" moves the writing process itself.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -58,6 +52,19 @@ pub fn run_in(
             Ok(())
         });
     }
+    Ok(())
+}
+
+/// Runs `cmd` inside the network namespace `netns` and the cgroup `cgroup` (either optional),
+/// killing it after `timeout`. The process joins both before `exec`, so everything it does,
+/// from its first instruction, happens there.
+pub fn run_in(
+    netns: Option<&Netns>,
+    cgroup: Option<&Path>,
+    mut cmd: Command,
+    timeout: Duration,
+) -> io::Result<Output> {
+    enter(netns, cgroup, &mut cmd)?;
     // Its own process group, so a timeout kills its children too (they hold the pipes).
     cmd.process_group(0);
     cmd.stdin(Stdio::null())
@@ -98,5 +105,48 @@ pub fn run_in(
         stdout,
         stderr,
         timed_out,
+    })
+}
+
+/// A process started by [`spawn_in`], killed (with its process group) when dropped.
+pub struct Background {
+    child: std::process::Child,
+}
+
+impl Background {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        // SAFETY: signals the process group created for this child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `cmd` in the background inside `netns` and `cgroup` (either optional), its output
+/// going where `cmd` says (inherited by default).
+pub fn spawn_in(
+    netns: Option<&Netns>,
+    cgroup: Option<&Path>,
+    mut cmd: Command,
+) -> io::Result<Background> {
+    enter(netns, cgroup, &mut cmd)?;
+    cmd.process_group(0).stdin(Stdio::null());
+    Ok(Background {
+        child: cmd.spawn()?,
     })
 }

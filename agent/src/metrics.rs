@@ -1,0 +1,243 @@
+//! Prometheus metrics, prefix `cedille_agent_`.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicI64, AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::datapath::{MapCounts, Stats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Hash,
+    PartialEq,
+    Eq,
+    prometheus_client::encoding::EncodeLabelValue,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    direction: Direction,
+    /// `sent`: from the connection's client to its server; `received`: back.
+    flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub enrolled_pods: Gauge,
+    pub waiting_pods: Gauge,
+    connections: Family<DirectionLabels, Counter>,
+    active: Family<DirectionLabels, Gauge<i64, AtomicI64>>,
+    bytes: Family<BytesLabels, Counter>,
+    connect_errors: Family<DirectionLabels, Counter>,
+    map_entries: Family<MapLabels, Gauge>,
+    bpf_events: Family<EventLabels, Counter<u64, AtomicU64>>,
+    program_ns: Family<ProgramLabels, Counter<u64, AtomicU64>>,
+    program_runs: Family<ProgramLabels, Counter<u64, AtomicU64>>,
+    pub invalid_manifests: Gauge,
+    /// Kernel counters as last read, so the Prometheus counters advance by the difference.
+    last: Mutex<Last>,
+}
+
+#[derive(Default)]
+struct Last {
+    stats: Stats,
+    programs: std::collections::BTreeMap<&'static str, (u64, u64)>,
+}
+
+/// Decrements the active connection gauge when dropped.
+pub struct ActiveGuard(Gauge<i64, AtomicI64>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("cedille_agent");
+        let m = Self {
+            registry: Registry::default(),
+            enrolled_pods: Gauge::default(),
+            waiting_pods: Gauge::default(),
+            connections: Family::default(),
+            active: Family::default(),
+            bytes: Family::default(),
+            connect_errors: Family::default(),
+            map_entries: Family::default(),
+            bpf_events: Family::default(),
+            program_ns: Family::default(),
+            program_runs: Family::default(),
+            invalid_manifests: Gauge::default(),
+            last: Mutex::default(),
+        };
+        r.register(
+            "enrolled_pods",
+            "Pods whose connections go through the agent",
+            m.enrolled_pods.clone(),
+        );
+        r.register("waiting_pods", "Pods to enroll that cannot be yet (no cgroup or process yet, or an error; see /config)", m.waiting_pods.clone());
+        r.register(
+            "captured_connections",
+            "Connections captured, by direction",
+            m.connections.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Captured connections open now, by direction",
+            m.active.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes carried, by direction and flow (sent: client to server)",
+            m.bytes.clone(),
+        );
+        r.register(
+            "connect_errors",
+            "Captured connections whose onward connect failed, by direction",
+            m.connect_errors.clone(),
+        );
+        r.register(
+            "bpf_map_entries",
+            "Entries in each eBPF map",
+            m.map_entries.clone(),
+        );
+        r.register("bpf_events", "Kernel-side events: map_full (a map update the kernel refused), inbound_refused (fail-closed drops), failed_open", m.bpf_events.clone());
+        r.register(
+            "bpf_program_run_time_ns",
+            "Kernel time spent in each eBPF program (needs sysctl kernel.bpf_stats_enabled=1)",
+            m.program_ns.clone(),
+        );
+        r.register(
+            "bpf_program_runs",
+            "Runs of each eBPF program (needs sysctl kernel.bpf_stats_enabled=1)",
+            m.program_runs.clone(),
+        );
+        r.register(
+            "invalid_manifests",
+            "Manifest documents currently rejected",
+            m.invalid_manifests.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    pub fn connection(&self, direction: Direction) -> ActiveGuard {
+        let l = DirectionLabels { direction };
+        self.connections.get_or_create(&l).inc();
+        let g = self.active.get_or_create(&l).clone();
+        g.inc();
+        ActiveGuard(g)
+    }
+
+    pub fn connect_error(&self, direction: Direction) {
+        self.connect_errors
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    pub fn bytes(&self, direction: Direction, sent: u64, received: u64) {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                direction,
+                flow: "sent",
+            })
+            .inc_by(sent);
+        self.bytes
+            .get_or_create(&BytesLabels {
+                direction,
+                flow: "received",
+            })
+            .inc_by(received);
+    }
+
+    /// Brings the kernel-sourced series up to date (called on each scrape).
+    pub fn kernel(&self, counts: MapCounts, stats: Stats, programs: &[(&'static str, u64, u64)]) {
+        for (map, n) in [
+            ("targets", counts.targets),
+            ("pending", counts.pending),
+            ("original_dst", counts.original_dsts),
+            ("inbound_addrs", counts.inbound_addrs),
+            ("inbound_sockets", counts.inbound_sockets),
+        ] {
+            self.map_entries
+                .get_or_create(&MapLabels { map })
+                .set(n as i64);
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (event, now, before) in [
+            (
+                "map_full",
+                stats.map_update_failed,
+                last.stats.map_update_failed,
+            ),
+            (
+                "inbound_refused",
+                stats.inbound_refused,
+                last.stats.inbound_refused,
+            ),
+            ("failed_open", stats.failed_open, last.stats.failed_open),
+        ] {
+            self.bpf_events
+                .get_or_create(&EventLabels { event })
+                .inc_by(now.saturating_sub(before));
+        }
+        last.stats = stats;
+        for (program, ns, runs) in programs {
+            let (ns0, runs0) = last.programs.get(program).copied().unwrap_or((0, 0));
+            self.program_ns
+                .get_or_create(&ProgramLabels { program })
+                .inc_by(ns.saturating_sub(ns0));
+            self.program_runs
+                .get_or_create(&ProgramLabels { program })
+                .inc_by(runs.saturating_sub(runs0));
+            last.programs.insert(program, (*ns, *runs));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
