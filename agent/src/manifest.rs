@@ -207,15 +207,16 @@ fn key_of(kind: &str, v: &Value) -> Option<ObjectKey> {
     })
 }
 
-/// Parses one file's text: the objects that loaded and the documents that did not (with
-/// their object key when it could be read).
-pub fn parse(
-    file: &Path,
-    text: &str,
-) -> (
+/// A file's objects that loaded, and the documents that did not (with their object key
+/// when it could be read).
+pub type Parsed = (
     Vec<(ObjectKey, Object)>,
     Vec<(Option<ObjectKey>, ManifestError)>,
-) {
+);
+
+/// Parses one file's text: the objects that loaded and the documents that did not (with
+/// their object key when it could be read).
+pub fn parse(file: &Path, text: &str) -> Parsed {
     let file_s = file.display().to_string();
     let mut objects = Vec::new();
     let mut errors = Vec::new();

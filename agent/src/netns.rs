@@ -118,32 +118,6 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpStream;
-
-    #[test]
-    fn peer_addr_and_cookie_of_a_loopback_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, seen) = listener.accept().unwrap();
-        assert_eq!(peer_addr(server.as_fd()).unwrap(), seen);
-        assert_eq!(seen, client.local_addr().unwrap());
-        // Both ends live in this namespace, so they share its cookie.
-        let a = netns_cookie(server.as_fd()).unwrap();
-        let b = netns_cookie(client.as_fd()).unwrap();
-        assert_eq!(a, b);
-        assert_ne!(a, 0);
-    }
-
-    #[test]
-    fn missing_namespace_is_named_in_the_error() {
-        let err = netns_cookie_of(Path::new("/nonexistent/ns")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/ns"), "{err}");
-    }
-}
-
 /// The agent's own network namespace, opened once so that [`with_netns`] can return to it.
 fn host_netns() -> io::Result<&'static File> {
     static HOST: std::sync::OnceLock<File> = std::sync::OnceLock::new();
@@ -197,4 +171,30 @@ pub fn original_dst_netfilter(fd: BorrowedFd<'_>, v6: bool) -> io::Result<Socket
     // SAFETY: the kernel initialised `len` bytes of a sockaddr.
     let storage = unsafe { storage.assume_init() };
     sockaddr_to_std(&storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    #[test]
+    fn peer_addr_and_cookie_of_a_loopback_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, seen) = listener.accept().unwrap();
+        assert_eq!(peer_addr(server.as_fd()).unwrap(), seen);
+        assert_eq!(seen, client.local_addr().unwrap());
+        // Both ends live in this namespace, so they share its cookie.
+        let a = netns_cookie(server.as_fd()).unwrap();
+        let b = netns_cookie(client.as_fd()).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn missing_namespace_is_named_in_the_error() {
+        let err = netns_cookie_of(Path::new("/nonexistent/ns")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ns"), "{err}");
+    }
 }

@@ -87,10 +87,19 @@ struct Enrolled {
     slot: u32,
     addrs: Vec<IpAddr>,
     tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of the listeners' descriptors, to stop them synchronously: the aborted
+    /// accept tasks drop their listeners later, and a quick re-enrollment must be able to
+    /// bind the same ports at once.
+    listener_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Drop for Enrolled {
     fn drop(&mut self) {
+        for fd in &self.listener_fds {
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown on a descriptor we own (a duplicate of the listener's).
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         // Stops accepting; connections already carried keep going.
         for t in &self.tasks {
             t.abort();
@@ -168,10 +177,11 @@ impl Node {
                 },
                 _ => false,
             };
-            if !keep && let Some(e) = pods.remove(&uid) {
-                if let State::Enrolled(en) = e.state {
-                    self.unenroll(&pod_name(&e.view), en);
-                }
+            if !keep
+                && let Some(e) = pods.remove(&uid)
+                && let State::Enrolled(en) = e.state
+            {
+                self.unenroll(&pod_name(&e.view), en);
             }
         }
         for (uid, view) in wanted {
@@ -260,6 +270,7 @@ impl Node {
             slot,
             addrs: view.ips.clone(),
             tasks: Vec::new(),
+            listener_fds: Vec::new(),
         };
         let attached = {
             let mut dp = self
@@ -469,8 +480,9 @@ fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<std::net::TcpListener> {
         s.set_only_v6(v6_only)?;
     }
     s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.bind(&addr.into())
+        .and_then(|()| s.listen(1024))
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     Ok(s.into())
 }
 
@@ -489,6 +501,8 @@ impl PodCtx {
                     let this = self.clone();
                     tokio::spawn(async move { this.carry(stream, peer, direction).await });
                 }
+                // The listener was shut down: the pod is being un-enrolled.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
                 Err(e) => {
                     warn!(pod = %self.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
