@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, header};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     manifest::{Mesh, Store},
@@ -31,7 +31,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let node = Arc::new(node);
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let watcher = watch_dir(&config_dir, tx);
+    let watcher = cedille_common::watch_dir(&config_dir, tx);
     let mut store = Store::default();
     store.sync(&config_dir);
     node.set_manifest_errors(store.errors());
@@ -59,23 +59,6 @@ pub async fn start(
     });
     info!(%admin_addr, "agent running");
     Ok(Running { node, admin_addr })
-}
-
-fn watch_dir(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Reading the directory causes access events: reacting to them would loop.
-        if res.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| warn!(error = %e, "cannot watch the config directory; rescanning every second"))
-    .ok()?;
-    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
-        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; rescanning every second");
-        return None;
-    }
-    Some(w)
 }
 
 async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<Node>) {

@@ -87,7 +87,6 @@ async fn main() -> anyhow::Result<()> {
         .node_name
         .context("--node-name (or CEDILLE_NODE_NAME) is required")?;
     let settings = node::Settings {
-        node_name: node_name.clone(),
         cgroup_root: args.cgroup_root,
         fail_open: args.failure_policy == FailurePolicy::Open,
         outbound_port: args.outbound_port,

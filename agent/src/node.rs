@@ -40,7 +40,6 @@ const RECENT: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub node_name: String,
     pub cgroup_root: PathBuf,
     pub fail_open: bool,
     /// The outbound listener's port inside each pod (on its loopback).
@@ -160,10 +159,13 @@ impl Node {
     /// Makes the enrolled set match `mesh`; retries pods that could not be enrolled before.
     /// Must run inside the tokio runtime (it starts the accept loops).
     pub fn reconcile(&self, mesh: Mesh) {
-        *self.shared.mesh.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mesh.clone());
+        let wanted: BTreeMap<String, PodView> = mesh
+            .pods
+            .iter()
+            .map(|p| (p.uid.clone(), p.clone()))
+            .collect();
+        *self.shared.mesh.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mesh);
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted: BTreeMap<String, PodView> =
-            mesh.pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
 
         // Un-enroll first: pods gone, no longer meshed, re-addressed, or whose cgroup vanished.
         let uids: Vec<String> = pods.keys().cloned().collect();

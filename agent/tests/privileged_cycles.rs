@@ -38,7 +38,6 @@ async fn privileged_thousand_enroll_cycles_leave_nothing_behind() {
     let pins = PinDir::new().unwrap();
 
     let settings = Settings {
-        node_name: "node-1".into(),
         cgroup_root: cg.path().to_owned(),
         fail_open: false,
         outbound_port: 15001,

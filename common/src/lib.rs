@@ -27,3 +27,25 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Sends `()` on `tx` when something in `dir` (recursively) changes. Access events (opens,
+/// reads) are ignored: rescanning the directory causes them, and reacting would loop.
+/// `None`, logged, when the platform refuses; callers then rely on periodic rescans.
+pub fn watch_dir(
+    dir: &std::path::Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config directory; polling only"))
+    .ok()?;
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling only");
+        return None;
+    }
+    Some(w)
+}

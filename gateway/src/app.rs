@@ -110,7 +110,7 @@ async fn control_loop(
     let mut provider = FileProvider::new(&settings.config_dir);
     let mut store = Store::new();
     let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let _watcher = watch_dir(&settings.config_dir, events_tx);
+    let _watcher = cedille_common::watch_dir(&settings.config_dir, events_tx);
     let mut prev: Option<StatusReport> = None;
     let mut tick = tokio::time::interval(settings.rescan_interval);
     let mut first = true;
@@ -171,26 +171,4 @@ fn publish(state: &AdminState, out: &translate::Output, objects: usize) {
         invalid_manifests = out.status.invalid_manifests.len(),
         "configuration applied"
     );
-}
-
-/// Change notifications for the directory; `None` (polling only) if the platform refuses.
-fn watch_dir(
-    dir: &std::path::Path,
-    tx: tokio::sync::mpsc::Sender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Opening and reading files are events too, and the rescan itself causes them:
-        // reacting to them would rescan in a loop.
-        if res.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| warn!(error = %e, "cannot watch the config directory; polling only"))
-    .ok()?;
-    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
-        warn!(error = %e, "cannot watch the config directory; polling only");
-        return None;
-    }
-    Some(w)
 }
