@@ -66,12 +66,13 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 else
   log "cargo-deny present"
 fi
-# Benchmark tools, only with --bench: nginx and HAProxy (the comparison), h2load and oha
-# (load generators). Their system services are stopped: they would hold ports 80/443,
-# which the conformance replay binds on loopback addresses.
+# Benchmark tools, only with --bench: nginx and HAProxy (the gateway's comparison), h2load
+# and oha (load generators), iptables (the agent's comparison path). The nginx and HAProxy
+# system services are stopped: they would hold ports 80/443, which the conformance replay
+# binds on loopback addresses.
 if [ "${1:-}" = "--bench" ]; then
   bench_missing=()
-  for p in nginx-light haproxy nghttp2-client; do
+  for p in nginx-light haproxy nghttp2-client iptables; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
       bench_missing+=("$p")
     fi

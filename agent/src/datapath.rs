@@ -112,13 +112,13 @@ pub struct Stats {
     pub inbound_redirected: u64,
     pub inbound_refused: u64,
     pub failed_open: u64,
+    pub note_lost: u64,
 }
 
 /// Entries in each eBPF map, for metrics and leak checks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapCounts {
     pub targets: usize,
-    pub pending: usize,
     pub original_dsts: usize,
     pub inbound_addrs: usize,
     pub inbound_sockets: usize,
@@ -130,7 +130,6 @@ pub struct Datapath {
     links: StdHashMap<String, Vec<PinnedLink>>,
     targets: HashMap<MapData, u64, RedirectTarget>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
-    pending: HashMap<MapData, u64, OrigDst>,
     stats: PerCpuArray<MapData, u64>,
     inbound: HashMap<MapData, PodAddr, u32>,
     inbound_socks: SockMap<MapData>,
@@ -154,8 +153,16 @@ impl Datapath {
         if !is_bpffs(pin_dir).map_err(io_err(pin_dir))? {
             return Err(DatapathError::NotBpffs(pin_dir.to_owned()));
         }
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source,
+        })? as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(
+                cedille_ebpf::maps::CONNECTING,
+                cpus.min(cedille_ebpf::MAX_CPUS) * cedille_ebpf::SLOTS_PER_CPU,
+            )
             .load(object)?;
         for (name, _) in PROGRAMS.iter().chain([&SK_LOOKUP]) {
             let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
@@ -173,7 +180,6 @@ impl Datapath {
         let targets = take_map(&mut ebpf, cedille_ebpf::maps::REDIRECT_TARGETS)?;
         let orig = take_map(&mut ebpf, cedille_ebpf::maps::ORIGINAL_DST)?;
         let stats = take_map(&mut ebpf, cedille_ebpf::maps::STATS)?;
-        let pending = take_map(&mut ebpf, cedille_ebpf::maps::PENDING)?;
         let inbound = take_map(&mut ebpf, cedille_ebpf::maps::INBOUND_ADDRS)?;
         let inbound_socks = take_map(&mut ebpf, cedille_ebpf::maps::INBOUND_SOCKETS)?;
         let config = take_map(&mut ebpf, cedille_ebpf::maps::CONFIG)?;
@@ -183,7 +189,6 @@ impl Datapath {
             links: StdHashMap::new(),
             targets,
             orig: Mutex::new(orig),
-            pending,
             stats,
             inbound,
             inbound_socks,
@@ -525,7 +530,6 @@ impl Datapath {
         let orig = self.orig.lock().unwrap_or_else(|e| e.into_inner());
         MapCounts {
             targets: self.targets.keys().filter(|k| k.is_ok()).count(),
-            pending: self.pending.keys().filter(|k| k.is_ok()).count(),
             original_dsts: orig.keys().filter(|k| k.is_ok()).count(),
             inbound_addrs: self.inbound.keys().filter(|k| k.is_ok()).count(),
             inbound_sockets: self.inbound_slots.len(),
@@ -564,7 +568,7 @@ impl Datapath {
                     })?;
             Ok(per_cpu.iter().sum())
         };
-        debug_assert_eq!(STAT_COUNT, 6);
+        debug_assert_eq!(STAT_COUNT, 7);
         Ok(Stats {
             redirected: read(Stat::Redirected)?,
             recorded: read(Stat::Recorded)?,
@@ -572,6 +576,7 @@ impl Datapath {
             inbound_redirected: read(Stat::InboundRedirected)?,
             inbound_refused: read(Stat::InboundRefused)?,
             failed_open: read(Stat::FailedOpen)?,
+            note_lost: read(Stat::NoteLost)?,
         })
     }
 }

@@ -18,20 +18,30 @@ pub struct DirectionLabels {
     pub direction: Direction,
 }
 
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Hash,
-    PartialEq,
-    Eq,
-    prometheus_client::encoding::EncodeLabelValue,
-    serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Outbound,
     Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Lower case, as in `/config` and as Prometheus label values usually are.
+impl prometheus_client::encoding::EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,7 +153,7 @@ impl Metrics {
             "Entries in each eBPF map",
             m.map_entries.clone(),
         );
-        r.register("bpf_events", "Kernel-side events: map_full (a map update the kernel refused), inbound_refused (fail-closed drops), failed_open", m.bpf_events.clone());
+        r.register("bpf_events", "Kernel-side events: map_full (a map update the kernel refused), inbound_refused (fail-closed drops), failed_open, note_lost (a redirected connect whose destination was overwritten; the agent closes it)", m.bpf_events.clone());
         r.register(
             "bpf_program_run_time_ns",
             "Kernel time spent in each eBPF program (needs sysctl kernel.bpf_stats_enabled=1)",
@@ -195,7 +205,6 @@ impl Metrics {
     pub fn kernel(&self, counts: MapCounts, stats: Stats, programs: &[(&'static str, u64, u64)]) {
         for (map, n) in [
             ("targets", counts.targets),
-            ("pending", counts.pending),
             ("original_dst", counts.original_dsts),
             ("inbound_addrs", counts.inbound_addrs),
             ("inbound_sockets", counts.inbound_sockets),
@@ -217,6 +226,7 @@ impl Metrics {
                 last.stats.inbound_refused,
             ),
             ("failed_open", stats.failed_open, last.stats.failed_open),
+            ("note_lost", stats.note_lost, last.stats.note_lost),
         ] {
             self.bpf_events
                 .get_or_create(&EventLabels { event })
@@ -239,5 +249,30 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_labels_are_lower_case() {
+        let m = Metrics::new();
+        let _active = m.connection(Direction::Outbound);
+        m.bytes(Direction::Inbound, 10, 20);
+        let text = m.encode();
+        assert!(
+            text.contains("cedille_agent_captured_connections_total{direction=\"outbound\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cedille_agent_active_connections{direction=\"outbound\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cedille_agent_bytes_total{direction=\"inbound\",flow=\"received\"} 20"),
+            "{text}"
+        );
     }
 }

@@ -517,8 +517,16 @@ impl PodCtx {
     fn original_dst(&self, stream: &TcpStream, direction: Direction) -> io::Result<SocketAddr> {
         match direction {
             // The inbound program hands over the connection as addressed: its local end is
-            // the original destination.
-            Direction::Inbound => Ok(canonical(stream.local_addr()?)),
+            // the original destination. A connection that arrived on the listener's own port
+            // was sent by a netfilter REDIRECT rule (the `--no-ebpf` comparison path).
+            Direction::Inbound => {
+                let local = canonical(stream.local_addr()?);
+                if local.port() == self.shared.settings.inbound_port {
+                    netns::original_dst_netfilter(stream.as_fd(), local.is_ipv6()).map(canonical)
+                } else {
+                    Ok(local)
+                }
+            }
             Direction::Outbound => {
                 let dp = self
                     .shared

@@ -111,14 +111,15 @@ fn manifests(dir: &Path, pods: &[&Pod], mesh_enabled: bool) {
     std::fs::rename(&tmp, dir.join("pods.yaml")).unwrap();
 }
 
-fn start_agent(dir: &Path, cgroup_root: &Path, pins: &Path) -> Background {
+fn start_agent(node: &Node, extra: &[&str]) -> Background {
     let mut cmd = Command::new(AGENT);
     cmd.args(["--config-dir"])
-        .arg(dir)
+        .arg(&node.dir)
         .args(["--node-name", "node-1", "--cgroup-root"])
-        .arg(cgroup_root)
+        .arg(&node.root)
         .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
-        .arg(pins)
+        .arg(node.pins.path())
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null());
     h::spawn_in(None, None, cmd).expect("start agent")
@@ -159,9 +160,27 @@ fn agent_saw(pod: &str, direction: &str, dst: &str) -> bool {
         .any(|c| c["pod"] == pod && c["direction"] == direction && c["originalDst"] == dst)
 }
 
-#[test]
-#[ignore = "privileged: run through `cargo xtask test` as root"]
-fn privileged_node_with_three_pods() {
+/// The node: pods a and b in namespace `shop`, c in `legacy`, a host outside the mesh, all
+/// on one bridge; each runs `cedille-probe serve`.
+struct Node {
+    pods: Vec<Pod>,
+    ext: Netns,
+    _ext_server: Background,
+    dir: PathBuf,
+    root: PathBuf,
+    pins: PinDir,
+    _cgroups: Cgroup,
+    // Last: the bridge and every veth go with it.
+    _node: Netns,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn node() -> Node {
     h::require_privileges();
     let node = Netns::new("node").unwrap();
     let bridge = Bridge::new(Some(&node)).unwrap();
@@ -231,13 +250,31 @@ fn privileged_node_with_three_pods() {
     cmd.args(["serve", "0.0.0.0:9090", "[::]:9091"]);
     let _ext_server = h::spawn_in(Some(&ext), None, cmd).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
-
+    // Deleted with the node's namespace.
+    std::mem::forget(bridge);
     let dir = std::env::temp_dir().join(format!("cedille-mesh-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    manifests(&dir, &[a, b, c], true);
-    let mut agent = start_agent(&dir, &root, pins.path());
+    Node {
+        pods,
+        ext,
+        _ext_server,
+        dir,
+        root,
+        pins,
+        _cgroups: cg,
+        _node: node,
+    }
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test` as root"]
+fn privileged_node_with_three_pods() {
+    let n = node();
+    let (pods, ext, dir) = (&n.pods, &n.ext, &n.dir);
+    let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
+    manifests(dir, &[a, b, c], true);
+    let mut agent = start_agent(&n, &[]);
     wait_for("a and b enrolled", || {
         pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
     });
@@ -280,7 +317,7 @@ fn privileged_node_with_three_pods() {
     assert!(agent_saw("shop/a", "outbound", "[fd93::100]:9091"));
 
     // Outside to enrolled: captured inbound.
-    let line = connect(&ext, None, "10.93.0.1:8080").expect("ext -> a");
+    let line = connect(ext, None, "10.93.0.1:8080").expect("ext -> a");
     assert_eq!(
         local_and_peer(&line),
         ("10.93.0.1:8080".into(), "10.93.0.1".into()),
@@ -290,13 +327,19 @@ fn privileged_node_with_three_pods() {
 
     // The non-enrolled pod is untouched both ways.
     let captured = metric("cedille_agent_captured_connections_total{direction=\"outbound\"}");
+    // a -> b and a -> ext, each over IPv4 and IPv6.
+    assert!(captured >= 4.0, "outbound connections captured: {captured}");
+    assert!(
+        metric("cedille_agent_captured_connections_total{direction=\"inbound\"}") >= 3.0,
+        "inbound connections captured"
+    );
     let line = connect(&c.ns, Some(&c.cgroup), "10.93.0.100:9090").expect("c -> ext");
     assert_eq!(
         local_and_peer(&line),
         ("10.93.0.100:9090".into(), "10.93.0.3".into()),
         "{line}"
     );
-    let line = connect(&ext, None, "10.93.0.3:8080").expect("ext -> c");
+    let line = connect(ext, None, "10.93.0.3:8080").expect("ext -> c");
     assert_eq!(
         local_and_peer(&line),
         ("10.93.0.3:8080".into(), "10.93.0.100".into()),
@@ -314,7 +357,7 @@ fn privileged_node_with_three_pods() {
         (&a.ns, Some(&a.cgroup), "10.93.0.100:9090"),
         (&a.ns, Some(&a.cgroup), "[fd93::100]:9091"),
         (&a.ns, Some(&a.cgroup), "10.93.0.2:8080"),
-        (&ext, None, "10.93.0.2:8080"),
+        (ext, None, "10.93.0.2:8080"),
     ] {
         let r = connect(from, cgroup.map(PathBuf::as_path), to);
         assert!(r.is_err(), "{to} reachable while the agent is down: {r:?}");
@@ -323,7 +366,7 @@ fn privileged_node_with_three_pods() {
     connect(&c.ns, Some(&c.cgroup), "10.93.0.100:9090").expect("c -> ext with the agent down");
 
     // Restart: the pins are adopted and traffic flows again.
-    let mut agent = start_agent(&dir, &root, pins.path());
+    let mut agent = start_agent(&n, &[]);
     wait_for("a and b enrolled again", || {
         pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
     });
@@ -333,7 +376,7 @@ fn privileged_node_with_three_pods() {
         ("10.93.0.2:8080".into(), "10.93.0.2".into()),
         "{line}"
     );
-    let line = connect(&ext, None, "10.93.0.2:8080").expect("ext -> b after restart");
+    let line = connect(ext, None, "10.93.0.2:8080").expect("ext -> b after restart");
     assert_eq!(
         local_and_peer(&line),
         ("10.93.0.2:8080".into(), "10.93.0.2".into()),
@@ -341,11 +384,11 @@ fn privileged_node_with_three_pods() {
     );
 
     // Un-enroll by label: everything for those pods goes, traffic is direct again.
-    manifests(&dir, &[a, b, c], false);
+    manifests(dir, &[a, b, c], false);
     wait_for("a and b un-enrolled", || {
         pod_state("a") == "not-enrolled" && pod_state("b") == "not-enrolled"
     });
-    let line = connect(&ext, None, "10.93.0.2:8080").expect("ext -> b un-enrolled");
+    let line = connect(ext, None, "10.93.0.2:8080").expect("ext -> b un-enrolled");
     assert_eq!(
         local_and_peer(&line),
         ("10.93.0.2:8080".into(), "10.93.0.100".into()),
@@ -369,10 +412,57 @@ fn privileged_node_with_three_pods() {
             "{map} entries left"
         );
     }
-    let links = std::fs::read_dir(pins.path().join("links"))
+    let links = std::fs::read_dir(n.pins.path().join("links"))
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(links, 0, "links left pinned");
     agent.kill();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test` as root"]
+fn privileged_fail_open_policy_bypasses_a_dead_agent() {
+    let n = node();
+    let (a, b, c) = (&n.pods[0], &n.pods[1], &n.pods[2]);
+    manifests(&n.dir, &[a, b, c], true);
+    let open = ["--failure-policy", "open"];
+    let mut agent = start_agent(&n, &open);
+    wait_for("a and b enrolled", || {
+        pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
+    });
+    // Up: captured as under fail-closed (inbound delivered from the pod's own address).
+    let line = connect(&n.ext, None, "10.93.0.1:8080").expect("ext -> a");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.1", "{line}");
+    connect(&a.ns, Some(&a.cgroup), "10.93.0.100:9090").expect("a -> ext");
+    assert!(agent_saw("shop/a", "outbound", "10.93.0.100:9090"));
+
+    // Down: connections go direct instead of failing, both ways, over IPv4 and IPv6.
+    agent.kill();
+    let line = connect(&n.ext, None, "10.93.0.1:8080").expect("ext -> a, agent down");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.100", "{line}");
+    let line = connect(&n.ext, None, "[fd93::1]:8081").expect("ext -> a over IPv6, agent down");
+    assert_eq!(local_and_peer(&line).1, "fd93::100", "{line}");
+    let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.100:9090").expect("a -> ext, agent down");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.1", "{line}");
+    let line = connect(&a.ns, Some(&a.cgroup), "[fd93::100]:9091")
+        .expect("a -> ext over IPv6, agent down");
+    assert_eq!(local_and_peer(&line).1, "fd93::1", "{line}");
+    // a -> b: out of a and into b directly (through b's agent, the peer would be b itself).
+    let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b, agent down");
+    assert_eq!(
+        local_and_peer(&line),
+        ("10.93.0.2:8080".into(), "10.93.0.1".into()),
+        "{line}"
+    );
+
+    // Back up: the pins are adopted and traffic is captured again.
+    let mut agent = start_agent(&n, &open);
+    wait_for("a and b enrolled again", || {
+        pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
+    });
+    let line = connect(&n.ext, None, "10.93.0.1:8080").expect("ext -> a after restart");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.1", "{line}");
+    connect(&a.ns, Some(&a.cgroup), "10.93.0.100:9090").expect("a -> ext after restart");
+    assert!(agent_saw("shop/a", "outbound", "10.93.0.100:9090"));
+    agent.kill();
 }

@@ -17,9 +17,10 @@ pub mod maps {
     /// `HashMap<u64 netns cookie, RedirectTarget>`: where to send each enrolled pod's TCP
     /// connections. A pod without an entry is not redirected.
     pub const REDIRECT_TARGETS: &str = "CEDILLE_TARGETS";
-    /// `LruHashMap<u64 socket cookie, OrigDst>`: written by connect4/6, moved to
-    /// [`ORIGINAL_DST`] by sock_ops once the socket has its local port.
-    pub const PENDING: &str = "CEDILLE_PENDING";
+    /// `Array` of [`crate::SLOTS_PER_CPU`] scratch slots per possible CPU: written by
+    /// connect4/6, moved to [`ORIGINAL_DST`] by sock_ops once the socket has its local port.
+    /// The agent sizes it at load time.
+    pub const CONNECTING: &str = "CEDILLE_CONNECTING";
     /// `LruHashMap<SockKey, OrigDst>`: the original destination of a redirected connection,
     /// keyed by the client's side of it, read (and removed) by the agent on accept.
     pub const ORIGINAL_DST: &str = "CEDILLE_ORIG_DST";
@@ -119,10 +120,19 @@ pub enum Stat {
     InboundRefused = 4,
     /// Connections let past the agent because it was down and the policy is fail-open.
     FailedOpen = 5,
+    /// Redirected connects whose original destination was overwritten before sock_ops
+    /// could record it (see [`SLOTS_PER_CPU`]); the agent closes them.
+    NoteLost = 6,
 }
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
+
+/// Scratch slots per CPU in [`maps::CONNECTING`]: a connect that yields between its two
+/// programs loses its note only if this many other connects start on that CPU meanwhile.
+pub const SLOTS_PER_CPU: u32 = 16;
+/// The most CPUs the programs search for a note (past the map's end they stop).
+pub const MAX_CPUS: u32 = 1024;
 
 const _: () = assert!(core::mem::size_of::<RedirectTarget>() == 24);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 20);

@@ -1,6 +1,13 @@
 //! Outbound capture: `connect4`/`connect6` send an enrolled pod's TCP connections to the agent
-//! and remember where they were going; `sock_ops` re-keys that memory by the client's local
-//! address once the kernel has picked it, which is what the agent sees on accept.
+//! and note where they were going in a per-CPU scratch slot; `sock_ops`, which runs later in
+//! the same connect() call once the kernel has picked the local port, moves that note into a
+//! map keyed by the client's local address, which is what the agent sees on accept.
+//!
+//! The scratch slots keep the connect programs free of map updates (an LRU hash insert costs
+//! more than the rest of the program, socket storage costs two allocations). connect() can
+//! yield between the two programs (the port search reschedules) and even move to another
+//! CPU, so each CPU has [`SLOTS_PER_CPU`] slots chosen by the socket cookie, and sock_ops
+//! searches the other CPUs when its own slot holds another socket's note.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
@@ -8,14 +15,17 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_sk_lookup_tcp,
+        bpf_sk_release,
+    },
     macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap},
     programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use cedille_ebpf::{
-    AF_INET, AF_INET6, CONFIG_FAIL_OPEN, CONNECTION_MAP_ENTRIES, OrigDst, PodAddr, RedirectTarget,
-    STAT_COUNT, SockKey, Stat, TARGET_MAP_ENTRIES,
+    AF_INET, AF_INET6, CONFIG_FAIL_OPEN, CONNECTION_MAP_ENTRIES, MAX_CPUS, OrigDst, PodAddr,
+    RedirectTarget, SLOTS_PER_CPU, STAT_COUNT, SockKey, Stat, TARGET_MAP_ENTRIES,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -27,8 +37,18 @@ const DENY: i32 = 0;
 #[map(name = "CEDILLE_TARGETS")]
 static TARGETS: HashMap<u64, RedirectTarget> = HashMap::pinned(TARGET_MAP_ENTRIES, 0);
 
-#[map(name = "CEDILLE_PENDING")]
-static PENDING: LruHashMap<u64, OrigDst> = LruHashMap::pinned(CONNECTION_MAP_ENTRIES, 0);
+/// A connect in progress: the socket's cookie and where it was going.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Connecting {
+    cookie: u64,
+    orig: OrigDst,
+    _pad: u32,
+}
+
+/// `SLOTS_PER_CPU` slots per possible CPU (the agent sizes the map at load time).
+#[map(name = "CEDILLE_CONNECTING")]
+static CONNECTING: Array<Connecting> = Array::pinned(SLOTS_PER_CPU * 64, 0);
 
 #[map(name = "CEDILLE_ORIG_DST")]
 static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(CONNECTION_MAP_ENTRIES, 0);
@@ -97,18 +117,83 @@ fn target_for(ctx: &SockAddrContext) -> Option<RedirectTarget> {
     unsafe { TARGETS.get(&netns) }.copied()
 }
 
-/// Remembers the original destination under the socket's cookie. Failing to remember it
-/// would hand the agent a connection it cannot route, so the connect is refused instead.
+/// The slot of socket `cookie` among `cpu`'s.
+#[inline(always)]
+fn slot_index(cpu: u32, cookie: u64) -> u32 {
+    cpu * SLOTS_PER_CPU + (cookie % SLOTS_PER_CPU as u64) as u32
+}
+
+/// Notes the original destination for sock_ops. Failing to note it would hand the agent a
+/// connection it cannot route, so the connect is refused instead.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
-    // SAFETY: helper call with the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if PENDING.insert(&cookie, orig, 0).is_err() {
+    // SAFETY: helper calls with the program's own context.
+    let (cpu, cookie) = unsafe {
+        (
+            bpf_get_smp_processor_id(),
+            bpf_get_socket_cookie(ctx.as_ptr()),
+        )
+    };
+    let Some(slot) = CONNECTING.get_ptr_mut(slot_index(cpu, cookie)) else {
         count(Stat::MapUpdateFailed);
         return false;
+    };
+    // SAFETY: a slot of an array map; the cookie goes last and is cleared first, so a reader
+    // on another CPU that sees this socket's cookie before and after reading the
+    // destination has read this socket's destination.
+    unsafe {
+        write_volatile(addr_of_mut!((*slot).cookie), 0);
+        write_volatile(addr_of_mut!((*slot).orig), *orig);
+        write_volatile(addr_of_mut!((*slot).cookie), cookie);
     }
     count(Stat::Redirected);
     true
+}
+
+/// The note in slot `index` if it is socket `cookie`'s.
+#[inline(always)]
+fn read_note(index: u32, cookie: u64) -> Option<OrigDst> {
+    let slot = CONNECTING.get_ptr(index)?;
+    // SAFETY: a slot of an array map, read field by field (see `remember`).
+    unsafe {
+        if read_volatile(addr_of!((*slot).cookie)) != cookie {
+            return None;
+        }
+        let orig = read_volatile(addr_of!((*slot).orig));
+        (read_volatile(addr_of!((*slot).cookie)) == cookie).then_some(orig)
+    }
+}
+
+/// The note for socket `cookie` in another CPU's slots: connect() moved between CPUs.
+#[inline(always)]
+fn search_other_cpus(cpu: u32, cookie: u64) -> Option<OrigDst> {
+    let mut other = 0;
+    while other < MAX_CPUS {
+        if other != cpu {
+            let index = slot_index(other, cookie);
+            // Past the end of the map: no more CPUs.
+            CONNECTING.get_ptr(index)?;
+            if let Some(orig) = read_note(index, cookie) {
+                return Some(orig);
+            }
+        }
+        other += 1;
+    }
+    None
+}
+
+/// Whether this connecting socket is headed for its pod's agent, i.e. was redirected.
+#[inline(always)]
+fn headed_for_agent(ctx: &SockOpsContext) -> bool {
+    // SAFETY: helper call with the program's own context; the value is copied out.
+    let target = unsafe { TARGETS.get(&bpf_get_netns_cookie(ctx.as_ptr())) }.copied();
+    let Some(target) = target else {
+        return false;
+    };
+    // SAFETY: valid context, read with a 32-bit load; the port is in network byte order
+    // in the low 16 bits.
+    let port = unsafe { read_volatile(addr_of!((*ctx.ops).remote_port)) } as u16;
+    u16::from_be(port) == target.port
 }
 
 /// Whether the agent's outbound listener exists in this socket's network namespace (only
@@ -245,12 +330,26 @@ pub fn cedille_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn record(ctx: &SockOpsContext) {
     // SAFETY: helper calls with the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is copied out at once.
-    let Some(orig) = (unsafe { PENDING.get(&cookie) }).copied() else {
-        return;
+    let (cpu, cookie) = unsafe {
+        (
+            bpf_get_smp_processor_id(),
+            bpf_get_socket_cookie(ctx.as_ptr()),
+        )
     };
-    let _ = PENDING.remove(&cookie);
+    let orig = match read_note(slot_index(cpu, cookie), cookie) {
+        Some(orig) => orig,
+        // Not redirected (loopback, fail-open bypass): nothing to record.
+        None if !headed_for_agent(ctx) => return,
+        None => match search_other_cpus(cpu, cookie) {
+            Some(orig) => orig,
+            None => {
+                // Overwritten by later connects while this one waited: the agent will
+                // close the connection for want of a destination.
+                count(Stat::NoteLost);
+                return;
+            }
+        },
+    };
     // SAFETY: helper call with the program's own context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let ops = ctx.ops;

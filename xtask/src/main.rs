@@ -29,7 +29,8 @@ enum Cmd {
     Conformance(conformance::Args),
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
     Example(example::Args),
-    /// Benchmarks against nginx and HAProxy (needs `scripts/setup.sh --bench`).
+    /// Benchmarks: `gateway` (against nginx and HAProxy), `agent` (eBPF against iptables
+    /// capture and the bare kernel). Needs `scripts/setup.sh --bench`.
     Bench(bench::Args),
 }
 

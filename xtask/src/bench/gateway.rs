@@ -422,7 +422,7 @@ fn measure(
     let pgid = p.child.id();
     let (c0, _) = group_usage(pgid);
     let t0 = Instant::now();
-    let (secs, conns) = (args.seconds, args.connections);
+    let (secs, conns) = (args.seconds, args.connections.unwrap_or(32));
     let h1 = format!("http://127.0.0.1:{}/", p.ports.h1);
     let load = match s {
         Scenario::Http1 => oha(&h1, secs, conns, &[])?,
@@ -505,7 +505,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!();
     println!(
         "One worker on CPU 0 per proxy; backend and load generators on CPU 1; {} connections; medians of {} rounds of {} s",
-        args.connections, args.rounds, args.seconds
+        args.connections.unwrap_or(32),
+        args.rounds,
+        args.seconds
     );
     for (si, s) in Scenario::ALL.iter().enumerate() {
         let med = |i: usize, f: fn(&Sample) -> f64| median(samples[si][i].iter().map(f).collect());

@@ -3,6 +3,7 @@
 //! from run to run while CPU time per unit of work is stable, so the figures that count are
 //! CPU per request (or per handshake, per connection) and latency at a fixed rate.
 
+mod agent;
 mod gateway;
 
 use std::{
@@ -15,7 +16,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway`.
+    /// What to benchmark: `gateway` or `agent`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -23,9 +24,10 @@ pub struct Args {
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Concurrent connections of the load generator.
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
+    /// Concurrent connections of the load generator (gateway: 32; agent, fixed-rate
+    /// run: 8).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Idle connections opened for the memory measurement.
     #[arg(long, default_value_t = 2000)]
     idle: usize,
@@ -37,7 +39,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.target.as_str() {
         "gateway" => gateway::run(&args),
-        other => bail!("unknown benchmark {other:?}: try `cargo xtask bench gateway`"),
+        "agent" => agent::run(&args),
+        other => bail!("unknown benchmark {other:?}: try `cargo xtask bench gateway` or `agent`"),
     }
 }
 
