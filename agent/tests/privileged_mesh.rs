@@ -8,8 +8,6 @@
 //! agent's side is read from its `/config` (original destinations it recovered) and metrics.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -32,16 +30,7 @@ struct Pod {
 }
 
 fn http_get(path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(ADMIN).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+    h::http_get(ADMIN, path)
 }
 
 fn config() -> serde_json::Value {

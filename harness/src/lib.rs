@@ -9,12 +9,14 @@
 mod bpffs;
 mod cgroup;
 mod cmd;
+mod http;
 mod netns;
 mod process;
 
 pub use bpffs::{PinDir, ensure_bpffs};
 pub use cgroup::{Cgroup, cgroup2_mount};
 pub use cmd::{ip, run};
+pub use http::http_get;
 pub use netns::{Bridge, Netns, veth_pair};
 pub use process::{Background, Output, run_in, spawn_in};
 

@@ -14,7 +14,6 @@
 //! `kernel.bpf_stats_enabled`, read back through the agent's metrics.
 
 use std::{
-    io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -279,16 +278,7 @@ fn get(kv: &[(String, f64)], key: &str) -> anyhow::Result<f64> {
 }
 
 fn admin_get(path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(ADMIN).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+    h::http_get(ADMIN, path)
 }
 
 /// `name{labels} value` lines of the agent's metrics whose name starts with `prefix`.
