@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -160,28 +159,7 @@ impl Object {
 /// `Kind namespace/name` (or `Kind name` for cluster-scoped kinds).
 pub type ObjectKey = String;
 
-/// Why one document was not loaded.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ManifestError {
-    pub file: String,
-    pub document: usize,
-    pub object: Option<String>,
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} document {}", self.file, self.document)?;
-        if let Some(o) = &self.object {
-            write!(f, ": {o}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": field {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub use cedille_common::ManifestError;
 
 /// Kinds the agent reads; any other kind in the directory is ignored (it may be meant for
 /// the gateway).

@@ -49,3 +49,34 @@ pub fn watch_dir(
     }
     Some(w)
 }
+
+/// Why one manifest document (or a whole file) was not loaded, shared by the gateway and
+/// the agent: it names the file, the document, the object and the field, so an operator can
+/// fix it without guessing.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ManifestError {
+    pub file: String,
+    /// 1-based document index in the file; 0 for errors about the whole file.
+    pub document: usize,
+    /// `Kind namespace/name` when known.
+    pub object: Option<String>,
+    /// Dotted path of the offending field (`spec.listeners[0].port`) when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.document > 0 {
+            write!(f, " document {}", self.document)?;
+        }
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}

@@ -1,7 +1,7 @@
 //! Parsing manifest files into objects. Every error names the file, the document, the
 //! object (when it got that far) and the field, so an operator can fix it without guessing.
 
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,34 +11,7 @@ use crate::{
     validate,
 };
 
-/// Why one document (or a whole file) was not loaded.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ManifestError {
-    pub file: String,
-    /// 1-based document index in the file; 0 for errors about the whole file.
-    pub document: usize,
-    /// `Kind namespace/name` when known.
-    pub object: Option<String>,
-    /// Dotted path of the offending field (`spec.listeners[0].port`) when known.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.document > 0 {
-            write!(f, " document {}", self.document)?;
-        }
-        if let Some(o) = &self.object {
-            write!(f, ": {o}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": field {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub use cedille_common::ManifestError;
 
 /// The outcome of parsing one file.
 #[derive(Debug, Default)]
