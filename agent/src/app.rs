@@ -1,77 +1,151 @@
-//! The running agent: the manifest directory watched, the node reconciled, the admin
-//! endpoint served.
+//! The running agent: the object source (manifest directory or Kubernetes API) watched, the
+//! node reconciled, the admin endpoint served.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use cedille_objects::{
+    Source,
+    dir::DirSource,
+    kube::{KubeSource, WatchSpec},
+};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, header};
-use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
-    manifest::{Mesh, Store},
+    mesh::Mesh,
     node::Node,
+    objects::{Kind, Object, Store},
 };
 
 /// How often pods that cannot be enrolled yet (no cgroup, no process) are retried, and the
 /// directory rescanned in case a change notification was missed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Where the agent's objects come from.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// A directory of manifests, watched (standalone mode).
+    Dir(PathBuf),
+    /// The Kubernetes API server: this node's pods, and every Namespace, Service and
+    /// EndpointSlice.
+    Kubernetes,
+}
+
 pub struct Running {
     pub node: Arc<Node>,
     pub admin_addr: SocketAddr,
+    /// True once the first reconcile ran on a complete view (every initial list).
+    pub ready: Arc<AtomicBool>,
 }
 
-/// Starts the control loop and the admin endpoint. Returns once the first reconcile is done.
+/// Starts the control loop and the admin endpoint. In directory mode, returns once the
+/// first reconcile is done; in Kubernetes mode at once (`/readyz` tells when the initial
+/// lists are in and the first reconcile ran).
 pub async fn start(
-    config_dir: PathBuf,
+    mode: Mode,
     node_name: String,
     node: Node,
     admin: SocketAddr,
 ) -> anyhow::Result<Running> {
     let node = Arc::new(node);
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let watcher = cedille_common::watch_dir(&config_dir, tx);
-    let mut store = Store::default();
-    store.sync(&config_dir);
-    node.set_manifest_errors(store.errors());
-    node.reconcile(Mesh::build(&store, &node_name));
+    let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(admin).await?;
     let admin_addr = listener.local_addr()?;
-    tokio::spawn(serve_admin(listener, node.clone()));
+    tokio::spawn(serve_admin(listener, node.clone(), ready.clone()));
+    let mut store = Store::default();
+    let source = match mode {
+        Mode::Dir(dir) => {
+            let mut source = DirSource::new(dir, RETRY);
+            source.sync(&mut store);
+            node.set_manifest_errors(store.errors());
+            node.reconcile(Mesh::build(&store, &node_name));
+            ready.store(true, Ordering::Relaxed);
+            Some(Source::Dir(source))
+        }
+        Mode::Kubernetes => None,
+    };
     let loop_node = node.clone();
+    let loop_ready = ready.clone();
     tokio::spawn(async move {
-        let _watcher = watcher;
+        let mut source = match source {
+            Some(s) => s,
+            None => Source::Kube(connect(&node_name).await),
+        };
+        let mut retry = tokio::time::interval(RETRY);
         loop {
             tokio::select! {
-                _ = rx.recv() => {
-                    // Let a burst of writes settle into one pass.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                _ = tokio::time::sleep(RETRY) => {}
+                _ = source.changed() => {}
+                _ = retry.tick() => {}
             }
-            if store.sync(&config_dir) {
+            if source.sync(&mut store) {
                 loop_node.set_manifest_errors(store.errors());
             }
+            // Enrolling from a partial view would un-enroll pods that are merely not
+            // listed yet.
+            if !source.synced() && !loop_ready.load(Ordering::Relaxed) {
+                continue;
+            }
             loop_node.reconcile(Mesh::build(&store, &node_name));
+            loop_ready.store(true, Ordering::Relaxed);
         }
     });
     info!(%admin_addr, "agent running");
-    Ok(Running { node, admin_addr })
+    Ok(Running {
+        node,
+        admin_addr,
+        ready,
+    })
 }
 
-async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<Node>) {
+/// Connects to the API server (retrying with backoff) and watches this node's pods,
+/// Namespaces, Services and EndpointSlices.
+async fn connect(node_name: &str) -> KubeSource<Object> {
+    let mut backoff = Duration::from_millis(500);
+    let client = loop {
+        match cedille_objects::kube::client().await {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot reach the Kubernetes API; enrolled pods stay as pinned");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let mut source = KubeSource::new(client);
+    for kind in Kind::ALL {
+        let spec = WatchSpec::new(kind, kind.info().versions[0]);
+        source.watch(match kind {
+            // Only this node's pods, never every pod in the cluster.
+            Kind::Pod => spec.fields(format!("spec.nodeName={node_name}")),
+            _ => spec,
+        });
+    }
+    info!(node = %node_name, "watching this node's pods, Namespaces, Services and EndpointSlices");
+    source
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<Node>, ready: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let node = node.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin(&node, req)) }
+                let ready = ready.load(Ordering::Relaxed);
+                async move { Ok::<_, std::convert::Infallible>(admin(&node, ready, req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -82,14 +156,20 @@ async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<Node>) {
     }
 }
 
-fn admin(node: &Node, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn admin(node: &Node, ready: bool, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
             node.metrics_text(),
         ),
-        "/livez" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if ready => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: waiting for the first complete view of the cluster\n".to_owned(),
+        ),
         "/config" => {
             let v = serde_json::json!({
                 "pods": node.report(),

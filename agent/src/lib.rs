@@ -4,10 +4,11 @@
 pub mod app;
 pub mod cgroups;
 pub mod datapath;
-pub mod manifest;
+pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod objects;
 
 /// The eBPF object embedded at build time (empty when built without `cargo xtask`).
 pub static EBPF_OBJECT: &[u8] =

@@ -10,8 +10,13 @@ use tracing::info;
 #[command(version)]
 struct Args {
     /// Directory of Pod, Namespace, Service and EndpointSlice manifests (watched).
-    #[arg(long, env = "CEDILLE_CONFIG_DIR")]
+    #[arg(long, env = "CEDILLE_CONFIG_DIR", conflicts_with = "kubernetes")]
     config_dir: Option<PathBuf>,
+    /// Read this node's pods, and the Namespaces, Services and EndpointSlices, from the
+    /// Kubernetes API server (in-cluster service account, else KUBECONFIG, else
+    /// ~/.kube/config).
+    #[arg(long, env = "CEDILLE_KUBERNETES")]
+    kubernetes: bool,
     /// This node's name: only pods whose spec.nodeName is this are enrolled.
     #[arg(long, env = "CEDILLE_NODE_NAME")]
     node_name: Option<String>,
@@ -80,9 +85,13 @@ async fn main() -> anyhow::Result<()> {
         info!(detached = pinned.len(), "uninstalled");
         return Ok(());
     }
-    let config_dir = args
-        .config_dir
-        .context("--config-dir (or CEDILLE_CONFIG_DIR) is required")?;
+    let mode = match (args.config_dir, args.kubernetes) {
+        (Some(dir), false) => cedille_agent::app::Mode::Dir(dir),
+        (None, true) => cedille_agent::app::Mode::Kubernetes,
+        _ => anyhow::bail!(
+            "say where the objects come from: --config-dir DIR (standalone) or --kubernetes"
+        ),
+    };
     let node_name = args
         .node_name
         .context("--node-name (or CEDILLE_NODE_NAME) is required")?;
@@ -95,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     };
     info!(pin_dir = %args.bpf_pin_dir.display(), pinned = pinned.len(), policy = ?args.failure_policy, "starting; pinned attachments are adopted as their pods are enrolled");
     let node = node::Node::new(settings, datapath, Arc::new(Metrics::new()))?;
-    let _running = cedille_agent::app::start(config_dir, node_name, node, args.admin_addr).await?;
+    let _running = cedille_agent::app::start(mode, node_name, node, args.admin_addr).await?;
     cedille_common::shutdown_signal().await?;
     // Exiting leaves links and maps pinned: enrolled pods stay steered (fail-closed) until
     // the next agent adopts them.

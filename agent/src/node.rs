@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cgroups,
     datapath::{Datapath, DatapathError, SocketTarget},
-    manifest::{Mesh, PodView},
+    mesh::{Mesh, PodView},
     metrics::{Direction, Metrics},
     netns,
 };
@@ -129,7 +129,7 @@ struct Shared {
 pub struct Node {
     shared: Arc<Shared>,
     pods: Mutex<BTreeMap<String, Entry>>,
-    manifest_errors: Mutex<Vec<crate::manifest::ManifestError>>,
+    manifest_errors: Mutex<Vec<crate::objects::ManifestError>>,
 }
 
 fn pod_name(v: &PodView) -> String {
@@ -402,7 +402,7 @@ impl Node {
             .collect()
     }
 
-    pub fn set_manifest_errors(&self, errors: Vec<crate::manifest::ManifestError>) {
+    pub fn set_manifest_errors(&self, errors: Vec<crate::objects::ManifestError>) {
         self.shared
             .metrics
             .invalid_manifests
@@ -413,7 +413,7 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner()) = errors;
     }
 
-    pub fn invalid_manifests(&self) -> Vec<crate::manifest::ManifestError> {
+    pub fn invalid_manifests(&self) -> Vec<crate::objects::ManifestError> {
         self.manifest_errors
             .lock()
             .unwrap_or_else(|e| e.into_inner())

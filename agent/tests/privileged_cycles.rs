@@ -6,7 +6,7 @@ use std::{process::Command, sync::Arc};
 
 use cedille_agent::{
     datapath::{Datapath, MapCounts},
-    manifest::{Mesh, PodView},
+    mesh::{Mesh, PodView},
     metrics::Metrics,
     node::{Node, Settings},
 };

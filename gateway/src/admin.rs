@@ -27,6 +27,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub status: ArcSwap<StatusReport>,
     pub config: ArcSwap<serde_json::Value>,
+    /// Kubernetes mode: leadership and the watches.
+    pub cluster: ArcSwap<Option<crate::kube::ClusterReport>>,
     /// True once the first configuration is applied, false again when draining.
     pub ready: AtomicBool,
 }
@@ -37,6 +39,7 @@ impl AdminState {
             metrics,
             status: ArcSwap::from_pointee(StatusReport::default()),
             config: ArcSwap::from_pointee(serde_json::Value::Null),
+            cluster: ArcSwap::from_pointee(None),
             ready: AtomicBool::new(false),
         }
     }
@@ -115,7 +118,17 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        "/status" => json(state.status.load().as_ref()),
+        "/status" => {
+            let mut v = serde_json::to_value(state.status.load().as_ref())
+                .unwrap_or(serde_json::Value::Null);
+            if let (Some(c), Some(m)) = (state.cluster.load().as_ref(), v.as_object_mut()) {
+                m.insert(
+                    "cluster".into(),
+                    serde_json::to_value(c).unwrap_or_default(),
+                );
+            }
+            json(&v)
+        }
         "/config" => json(state.config.load().as_ref()),
         _ => reply(
             StatusCode::NOT_FOUND,

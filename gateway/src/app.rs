@@ -1,34 +1,47 @@
-//! Wiring: the manifest provider, translation, the data plane and the admin endpoint, and
-//! the control loop that reloads on change and drains on shutdown.
+//! Wiring: the object source (manifest directory or Kubernetes), translation, the data
+//! plane and the admin endpoint, and the control loop that reloads on change and drains on
+//! shutdown. In Kubernetes mode it also runs leader election and the status writer.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use tokio::{net::TcpListener, sync::watch};
+use cedille_objects::{Source, dir::DirSource};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    kube::{self, ClusterReport, lease::Elector, status},
     metrics::Metrics,
-    provider::FileProvider,
+    model::{Kind, ObjKey, Object},
     proxy::{conn::Limits, runtime::DataPlane},
     store::{Store, rfc3339},
-    translate::{self, StatusReport},
+    translate::{self, Env, StatusReport},
 };
+
+/// Where the objects come from.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// A directory of manifests, watched (standalone mode).
+    Dir(PathBuf),
+    /// The Kubernetes API server.
+    Kubernetes(kube::Settings),
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub config_dir: PathBuf,
+    pub mode: Mode,
     pub admin_addr: SocketAddr,
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub limits: Limits,
-    /// Full rescans of the directory, in case a change notification was missed.
+    /// Full rescans of the directory, in case a change notification was missed; also how
+    /// often sockets that could not be bound are retried.
     pub rescan_interval: Duration,
 }
 
@@ -63,9 +76,11 @@ impl Running {
 }
 
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    if let Err(source) = std::fs::read_dir(&settings.config_dir) {
+    if let Mode::Dir(dir) = &settings.mode
+        && let Err(source) = std::fs::read_dir(dir)
+    {
         return Err(StartError::ConfigDir {
-            dir: settings.config_dir.clone(),
+            dir: dir.clone(),
             source,
         });
     }
@@ -81,7 +96,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     tokio::spawn(admin::serve(admin_listener, state.clone(), admin_stop_rx));
-    info!(%admin_addr, config_dir = %settings.config_dir.display(), "cedille-gateway starting");
+    match &settings.mode {
+        Mode::Dir(dir) => {
+            info!(%admin_addr, config_dir = %dir.display(), "cedille-gateway starting")
+        }
+        Mode::Kubernetes(k) => {
+            info!(%admin_addr, identity = %k.pod_name, lease = %k.lease_name, "cedille-gateway starting in Kubernetes mode")
+        }
+    }
     let task = tokio::spawn(control_loop(
         settings,
         state.clone(),
@@ -96,6 +118,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     })
 }
 
+/// Kubernetes mode's moving parts besides the watches.
+struct Cluster {
+    versions: BTreeMap<Kind, String>,
+    leader: watch::Receiver<bool>,
+    jobs: watch::Sender<Option<Arc<status::Job>>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    report: ClusterReport,
+}
+
 async fn control_loop(
     settings: Settings,
     state: Arc<AdminState>,
@@ -107,57 +139,204 @@ async fn control_loop(
         settings.limits.clone(),
         settings.max_connections,
     );
-    let mut provider = FileProvider::new(&settings.config_dir);
+    let mut env = Env::default();
+    let (mut source, mut cluster) = match &settings.mode {
+        Mode::Dir(dir) => (
+            Source::Dir(DirSource::new(dir, settings.rescan_interval)),
+            None,
+        ),
+        Mode::Kubernetes(k) => {
+            let Some(connected) = connect(k, &mut shutdown).await else {
+                let _ = admin_stop.send(true);
+                return;
+            };
+            env.api_gaps = connected.gaps.clone();
+            env.gateway_service = k.gateway_service.clone();
+            let (source, cluster) = start_cluster(k, connected, &state.metrics);
+            (Source::Kube(source), Some(cluster))
+        }
+    };
     let mut store = Store::new();
-    let (events_tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let _watcher = cedille_common::watch_dir(&settings.config_dir, events_tx);
     let mut prev: Option<StatusReport> = None;
     let mut tick = tokio::time::interval(settings.rescan_interval);
     let mut first = true;
-    // Sockets that could not be bound; retried on every tick until they can.
-    let mut unusable: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut status_dirty = false;
+    let mut status_epoch = 0;
     loop {
-        let changed = provider.sync(&mut store);
-        if changed || first || !unusable.is_empty() {
+        let changed = source.sync(&mut store);
+        if let (Source::Kube(k), Some(c)) = (&mut source, &cluster)
+            && let Some(version) = c.versions.get(&Kind::ConfigMap)
+        {
+            k.set_targets(
+                Kind::ConfigMap,
+                version,
+                &kube::referenced_config_maps(&store),
+            );
+        }
+        // The first translation waits for every initial list: a partial store would serve
+        // (and, as leader, write) wrong status.
+        let can_translate = !first || source.synced();
+        if can_translate && (changed || first || !env.unusable.is_empty()) {
             let now = rfc3339(std::time::SystemTime::now());
-            let mut out = translate::translate(&store, prev.as_ref(), &now, &unusable);
+            let mut out = translate::translate(&store, prev.as_ref(), &now, &env);
             let failed = dataplane.apply(&out.snapshot).await;
             let failed_set: BTreeSet<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
-            let binds_changed = failed_set != unusable;
+            let binds_changed = failed_set != env.unusable;
             if binds_changed {
                 for (addr, e) in &failed {
                     error!(%addr, error = %e, "cannot listen on a Gateway address; its Gateway is not Programmed");
                 }
-                unusable = failed_set;
+                env.unusable = failed_set;
                 // Same sockets, so the data plane is current; only the status changes.
-                out = translate::translate(&store, prev.as_ref(), &now, &unusable);
+                out = translate::translate(&store, prev.as_ref(), &now, &env);
             }
             if changed || first || binds_changed {
                 publish(&state, &out, store.len());
                 prev = Some(out.status);
+                status_dirty = true;
             }
             if first {
                 state.ready.store(true, Ordering::Relaxed);
                 first = false;
             }
         }
-        tokio::select! {
-            Some(()) = events.recv() => {
-                // Let a burst of writes settle before reading.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                while events.try_recv().is_ok() {}
+        if let (Some(c), Some(report)) = (&mut cluster, &prev) {
+            if status_dirty || store.status_epoch() != status_epoch {
+                let job = status::Job {
+                    report: Arc::new(report.clone()),
+                    observed: observed(&store),
+                };
+                c.jobs.send_replace(Some(Arc::new(job)));
+                status_dirty = false;
+                status_epoch = store.status_epoch();
             }
+            if let Source::Kube(k) = &source {
+                c.report.watches = k.health();
+            }
+            c.report.leader = *c.leader.borrow();
+            state.metrics.set_leader(c.report.leader);
+            state.cluster.store(Arc::new(Some(c.report.clone())));
+        }
+        let leader_changed = async {
+            match &mut cluster {
+                Some(c) => {
+                    if c.leader.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = source.changed() => {}
             _ = tick.tick() => {}
+            _ = leader_changed => {}
             _ = shutdown.changed() => break,
         }
     }
     state.ready.store(false, Ordering::Relaxed);
+    if let Some(c) = cluster {
+        // Releases the Lease so that another replica takes over at once.
+        let _ = c.stop.send(true);
+        for t in c.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
     info!(deadline = ?settings.drain_timeout, "shutting down: readiness off, draining connections");
     if !dataplane.drain(settings.drain_timeout).await {
         warn!("drain deadline passed with connections still open; closing them");
     }
     let _ = admin_stop.send(true);
     info!("stopped");
+}
+
+/// Connects to the cluster, retrying with backoff; `None` if shut down meanwhile.
+async fn connect(
+    settings: &kube::Settings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<kube::Connected> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match kube::connect(settings).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot start Kubernetes mode; not ready until it can");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn start_cluster(
+    settings: &kube::Settings,
+    connected: kube::Connected,
+    metrics: &Arc<Metrics>,
+) -> (cedille_objects::kube::KubeSource<Object>, Cluster) {
+    let (stop, stop_rx) = watch::channel(false);
+    let (elector, leader) = Elector::new(
+        connected.client.clone(),
+        &connected.namespace,
+        &settings.lease_name,
+        &settings.pod_name,
+        settings.lease.clone(),
+    );
+    let (jobs, jobs_rx) = watch::channel(None);
+    let writer = status::Writer::new(
+        connected.client.clone(),
+        connected.versions.clone(),
+        metrics.clone(),
+    );
+    status::log_start(&connected.versions);
+    let tasks = vec![
+        tokio::spawn(elector.run(stop_rx.clone())),
+        tokio::spawn(writer.run(jobs_rx, leader.clone(), stop_rx)),
+    ];
+    let report = ClusterReport {
+        leader: false,
+        identity: settings.pod_name.clone(),
+        lease: format!("{}/{}", connected.namespace, settings.lease_name),
+        api_gaps: connected.gaps.clone(),
+        watches: Vec::new(),
+    };
+    (
+        connected.source,
+        Cluster {
+            versions: connected.versions,
+            leader,
+            jobs,
+            stop,
+            tasks,
+            report,
+        },
+    )
+}
+
+/// What the server holds of every object whose status the gateway writes.
+fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
+    let mut out = BTreeMap::new();
+    for kind in [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::ListenerSet,
+        Kind::HttpRoute,
+        Kind::BackendTlsPolicy,
+    ] {
+        for s in store.kind(kind) {
+            let m = s.object.meta();
+            out.insert(
+                ObjKey::new(kind, m.ns(), &m.name),
+                status::Observed {
+                    status: s.status.clone(),
+                    resource_version: s.resource_version.clone(),
+                },
+            );
+        }
+    }
+    out
 }
 
 /// Makes a translation visible: `/status`, `/config` and the reload metrics.

@@ -28,9 +28,12 @@ fn main() -> anyhow::Result<()> {
 
 /// `--check-config`: parse and validate every manifest, and translate, without serving.
 fn check(args: &cedille_gateway::Args) -> anyhow::Result<()> {
+    let dir = args
+        .config_dir
+        .as_ref()
+        .context("--check-config needs --config-dir")?;
     let mut store = cedille_gateway::store::Store::new();
-    let mut provider = cedille_gateway::provider::FileProvider::new(&args.config_dir);
-    provider.sync(&mut store);
+    cedille_objects::dir::DirSource::<cedille_gateway::model::Object>::once(dir).sync(&mut store);
     let errors = store.errors();
     for e in &errors {
         error!("{e}");
@@ -39,7 +42,7 @@ fn check(args: &cedille_gateway::Args) -> anyhow::Result<()> {
         &store,
         None,
         "1970-01-01T00:00:00Z",
-        &Default::default(),
+        &cedille_gateway::translate::Env::default(),
     );
 
     println!("{}", serde_json::to_string_pretty(&out.status)?);

@@ -39,6 +39,12 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusWriteLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One route's request counters (by status class) and duration histogram.
@@ -70,6 +76,8 @@ pub struct Metrics {
     config_reloads: Family<ResultLabels, Counter>,
     invalid_manifests: Gauge,
     bound_sockets: Gauge,
+    status_writes: Family<StatusWriteLabels, Counter>,
+    leader: Gauge,
 }
 
 /// Decrements the active connection gauge when dropped.
@@ -100,6 +108,8 @@ impl Metrics {
         let config_reloads = Family::<ResultLabels, Counter>::default();
         let invalid_manifests = Gauge::default();
         let bound_sockets = Gauge::default();
+        let status_writes = Family::<StatusWriteLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "requests",
             "HTTP requests that matched a route, by route and status class",
@@ -132,6 +142,16 @@ impl Metrics {
             invalid_manifests.clone(),
         );
         registry.register("bound_sockets", "Listening sockets", bound_sockets.clone());
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API server, by kind and result (written, skipped, failed)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and writes status (Kubernetes mode)",
+            leader.clone(),
+        );
         Self {
             registry,
             requests,
@@ -142,6 +162,8 @@ impl Metrics {
             config_reloads,
             invalid_manifests,
             bound_sockets,
+            status_writes,
+            leader,
         }
     }
 
@@ -194,6 +216,16 @@ impl Metrics {
             .get_or_create(&ResultLabels { result })
             .inc();
         self.invalid_manifests.set(invalid_manifests as i64);
+    }
+
+    pub fn status_write(&self, kind: &'static str, result: &'static str) {
+        self.status_writes
+            .get_or_create(&StatusWriteLabels { kind, result })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn set_bound_sockets(&self, n: usize) {

@@ -1,6 +1,12 @@
-use std::{collections::BTreeMap, fmt};
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use cedille_objects::KindInfo;
+use serde::Serialize;
+
+pub use cedille_objects::ObjectMeta;
+
+/// Identity of an object the gateway reads.
+pub type ObjKey = cedille_objects::ObjKey<Kind>;
 
 /// The kinds the gateway reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -19,103 +25,103 @@ pub enum Kind {
     Namespace,
 }
 
+const fn gw(
+    kind: &'static str,
+    plural: &'static str,
+    versions: &'static [&'static str],
+) -> KindInfo {
+    KindInfo {
+        group: super::GATEWAY_GROUP,
+        versions,
+        kind,
+        plural,
+        namespaced: true,
+        keeps_status: true,
+    }
+}
+
+const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
+    KindInfo {
+        group: "",
+        versions: &["v1"],
+        kind,
+        plural,
+        namespaced,
+        keeps_status: false,
+    }
+}
+
+// Versions the gateway can read, newest first: v1 is what Gateway API v1.5 and v1.6 serve;
+// the older ones are what earlier releases (and their experimental channel) served.
+static GATEWAY_CLASS: KindInfo = KindInfo {
+    namespaced: false,
+    ..gw("GatewayClass", "gatewayclasses", &["v1", "v1beta1"])
+};
+static GATEWAY: KindInfo = gw("Gateway", "gateways", &["v1", "v1beta1"]);
+static HTTP_ROUTE: KindInfo = gw("HTTPRoute", "httproutes", &["v1", "v1beta1"]);
+static REFERENCE_GRANT: KindInfo = gw("ReferenceGrant", "referencegrants", &["v1", "v1beta1"]);
+static LISTENER_SET: KindInfo = gw("ListenerSet", "listenersets", &["v1"]);
+static BACKEND_TLS_POLICY: KindInfo = gw(
+    "BackendTLSPolicy",
+    "backendtlspolicies",
+    &["v1", "v1alpha3"],
+);
+static SECRET: KindInfo = core("Secret", "secrets", true);
+static CONFIG_MAP: KindInfo = core("ConfigMap", "configmaps", true);
+static SERVICE: KindInfo = core("Service", "services", true);
+static NAMESPACE: KindInfo = core("Namespace", "namespaces", false);
+static ENDPOINT_SLICE: KindInfo = KindInfo {
+    group: "discovery.k8s.io",
+    versions: &["v1"],
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    namespaced: true,
+    keeps_status: false,
+};
+
 impl Kind {
-    /// From `apiVersion` and `kind`, as written in a manifest.
-    pub fn from_manifest(api_version: &str, kind: &str) -> Option<Self> {
-        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        Some(match (group, kind) {
-            ("gateway.networking.k8s.io", "GatewayClass") => Kind::GatewayClass,
-            ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
-            ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
-            ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
-            ("gateway.networking.k8s.io", "ListenerSet") => Kind::ListenerSet,
-            ("gateway.networking.k8s.io", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
-            ("", "Secret") => Kind::Secret,
-            ("", "ConfigMap") => Kind::ConfigMap,
-            ("", "Service") => Kind::Service,
-            ("", "Namespace") => Kind::Namespace,
-            ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
-            _ => return None,
-        })
+    pub const ALL: [Kind; 11] = [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::ListenerSet,
+        Kind::HttpRoute,
+        Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
+        Kind::Namespace,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Secret,
+        Kind::ConfigMap,
+    ];
+
+    pub fn info(self) -> &'static KindInfo {
+        match self {
+            Kind::GatewayClass => &GATEWAY_CLASS,
+            Kind::Gateway => &GATEWAY,
+            Kind::HttpRoute => &HTTP_ROUTE,
+            Kind::ReferenceGrant => &REFERENCE_GRANT,
+            Kind::ListenerSet => &LISTENER_SET,
+            Kind::BackendTlsPolicy => &BACKEND_TLS_POLICY,
+            Kind::Secret => &SECRET,
+            Kind::ConfigMap => &CONFIG_MAP,
+            Kind::Service => &SERVICE,
+            Kind::EndpointSlice => &ENDPOINT_SLICE,
+            Kind::Namespace => &NAMESPACE,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::GatewayClass => "GatewayClass",
-            Kind::Gateway => "Gateway",
-            Kind::HttpRoute => "HTTPRoute",
-            Kind::ReferenceGrant => "ReferenceGrant",
-            Kind::ListenerSet => "ListenerSet",
-            Kind::BackendTlsPolicy => "BackendTLSPolicy",
-
-            Kind::Secret => "Secret",
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Service => "Service",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::Namespace => "Namespace",
-        }
+        self.info().kind
     }
 
     /// Cluster-scoped kinds have no namespace.
     pub fn cluster_scoped(self) -> bool {
-        matches!(self, Kind::GatewayClass | Kind::Namespace)
+        !self.info().namespaced
     }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Identity of an object: kind, namespace (empty for cluster-scoped kinds) and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjKey {
-    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
-        Self {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for ObjKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// Set by the store: starts at 1 and grows when the spec changes.
-    #[serde(default)]
-    pub generation: i64,
-    /// RFC 3339; kept from the manifest when present, else set by the store at first load.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-}
-
-impl ObjectMeta {
-    pub fn ns(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("")
     }
 }

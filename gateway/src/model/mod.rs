@@ -1,10 +1,10 @@
 //! The Kubernetes objects the gateway reads, as serde types. Only the fields the gateway
 //! uses are modelled; unknown fields are ignored like a client of a newer API server would.
 
-pub mod core;
 pub mod gwapi;
 pub mod meta;
 
+pub use cedille_objects::core;
 pub use meta::{Kind, ObjKey, ObjectMeta};
 
 /// Group of the Gateway API kinds.
@@ -82,6 +82,29 @@ impl Object {
         ObjKey::new(self.kind(), m.namespace.as_deref().unwrap_or(""), &m.name)
     }
 
+    /// The typed object from its JSON, validated as the API server would (CRD schemas and
+    /// CEL rules): `Err((field path, message))`.
+    pub fn decode(kind: Kind, value: serde_json::Value) -> Result<Self, (String, String)> {
+        use cedille_objects::manifest::typed;
+        let object = match kind {
+            Kind::GatewayClass => Object::GatewayClass(typed(value)?),
+            Kind::Gateway => Object::Gateway(Box::new(typed(value)?)),
+            Kind::HttpRoute => Object::HttpRoute(typed(value)?),
+            Kind::ReferenceGrant => Object::ReferenceGrant(typed(value)?),
+            Kind::ListenerSet => Object::ListenerSet(typed(value)?),
+            Kind::BackendTlsPolicy => Object::BackendTlsPolicy(typed(value)?),
+            Kind::Secret => Object::Secret(typed(value)?),
+            Kind::ConfigMap => Object::ConfigMap(typed(value)?),
+            Kind::Service => Object::Service(typed(value)?),
+            Kind::EndpointSlice => Object::EndpointSlice(typed(value)?),
+            Kind::Namespace => Object::Namespace(typed(value)?),
+        };
+        match crate::validate::object(&object).into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(object),
+        }
+    }
+
     /// The part of the object whose change bumps `metadata.generation` (the spec, or the
     /// data for kinds without one), serialised for comparison.
     pub fn spec_fingerprint(&self) -> String {
@@ -99,5 +122,31 @@ impl Object {
             Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
         };
         v.unwrap_or_default()
+    }
+}
+
+impl cedille_objects::Catalog for Object {
+    type Kind = Kind;
+
+    fn kinds() -> &'static [Kind] {
+        &Kind::ALL
+    }
+    fn info(kind: Kind) -> &'static cedille_objects::KindInfo {
+        kind.info()
+    }
+    fn decode(kind: Kind, value: serde_json::Value) -> Result<Self, (String, String)> {
+        Object::decode(kind, value)
+    }
+    fn kind(&self) -> Kind {
+        Object::kind(self)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        Object::meta(self)
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        Object::meta_mut(self)
+    }
+    fn spec_fingerprint(&self) -> String {
+        Object::spec_fingerprint(self)
     }
 }

@@ -75,12 +75,24 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
                 "accepted by cedille.io/gateway-controller",
             );
         }
-        conds.set(
-            "SupportedVersion",
-            true,
-            "SupportedVersion",
-            "Gateway API v1.6 CRDs are supported",
-        );
+        if ctx.env.api_gaps.is_empty() {
+            conds.set(
+                "SupportedVersion",
+                true,
+                "SupportedVersion",
+                "Gateway API v1.6 CRDs are supported",
+            );
+        } else {
+            conds.set(
+                "SupportedVersion",
+                false,
+                "UnsupportedVersion",
+                format!(
+                    "the cluster's Gateway API CRDs are older than v1.5 or incomplete ({}); what they have works, install v1.6 for the rest",
+                    ctx.env.api_gaps.join("; ")
+                ),
+            );
+        }
         let prev = ctx
             .prev
             .and_then(|p| p.gateway_classes.get(&c.metadata.name))
@@ -456,17 +468,21 @@ pub(crate) fn finish(
                 },
             );
         }
-        // The addresses the Gateway is reachable on: those it listens on, minus any that
-        // could not be bound.
-        let addresses = gw
-            .addresses
-            .iter()
-            .filter(|ip| !unusable.iter().any(|a| a.ip() == **ip))
-            .map(|ip| GatewayStatusAddress {
-                type_: "IPAddress".into(),
-                value: ip.to_string(),
-            })
-            .collect();
+        // The addresses the Gateway is reachable on: the Service in front of the gateway
+        // for Gateways that ask for none, else those it listens on, minus any that could
+        // not be bound.
+        let addresses = match service_addresses(ctx, gw.gateway) {
+            Some(a) => a,
+            None => gw
+                .addresses
+                .iter()
+                .filter(|ip| !unusable.iter().any(|a| a.ip() == **ip))
+                .map(|ip| GatewayStatusAddress {
+                    type_: "IPAddress".into(),
+                    value: ip.to_string(),
+                })
+                .collect(),
+        };
 
         report.gateways.insert(
             format!("{ns}/{name}"),
@@ -489,6 +505,44 @@ pub(crate) fn finish(
     }
     report.http_routes = routes.statuses;
     (snapshot, report)
+}
+
+/// With `--gateway-service`, the addresses of that Service for a Gateway without
+/// `spec.addresses`: load balancer ingress (IPs and hostnames) when it has any, else its
+/// cluster IPs. `None` when not applicable.
+fn service_addresses(ctx: &Ctx<'_>, g: &gwapi::Gateway) -> Option<Vec<GatewayStatusAddress>> {
+    let (ns, name) = ctx.env.gateway_service.as_ref()?;
+    if !g.spec.addresses.is_empty() {
+        return None;
+    }
+    let Some(Object::Service(svc)) = ctx.store.get_obj(Kind::Service, ns, name) else {
+        return Some(Vec::new());
+    };
+    let mut out = Vec::new();
+    for i in svc.load_balancer_ingress() {
+        if let Some(ip) = i.ip.as_deref().filter(|s| !s.is_empty()) {
+            out.push(GatewayStatusAddress {
+                type_: "IPAddress".into(),
+                value: ip.to_owned(),
+            });
+        } else if let Some(h) = i.hostname.as_deref().filter(|s| !s.is_empty()) {
+            out.push(GatewayStatusAddress {
+                type_: "Hostname".into(),
+                value: h.to_owned(),
+            });
+        }
+    }
+    if out.is_empty() {
+        out = svc
+            .cluster_ips()
+            .into_iter()
+            .map(|ip| GatewayStatusAddress {
+                type_: "IPAddress".into(),
+                value: ip.to_string(),
+            })
+            .collect();
+    }
+    Some(out)
 }
 
 /// Groups a listener's attached rules into virtual hosts, each in precedence order.

@@ -24,17 +24,26 @@ pub struct Output {
     pub status: StatusReport,
 }
 
+/// What translation needs to know besides the objects.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    /// Sockets the data plane could not bind: their Gateways are not Programmed.
+    pub unusable: BTreeSet<SocketAddr>,
+    /// What the cluster lacks of the Gateway API version the gateway implements (kinds not
+    /// served, or served only at an older version); empty in standalone mode. Reported on
+    /// each GatewayClass as `SupportedVersion`.
+    pub api_gaps: Vec<String>,
+    /// The Service (namespace, name) in front of the gateway: its load balancer ingress, or
+    /// else its cluster IPs, become the addresses of Gateways that ask for none.
+    pub gateway_service: Option<(String, String)>,
+}
+
 /// Translates the store. `prev` is the previous status, whose lastTransitionTimes are kept
-/// for conditions that did not change; `now` stamps the others. `unusable` holds the sockets
-/// the data plane could not bind, which makes their Gateways not Programmed.
-pub fn translate(
-    store: &Store,
-    prev: Option<&StatusReport>,
-    now: &str,
-    unusable: &BTreeSet<SocketAddr>,
-) -> Output {
+/// for conditions that did not change; `now` stamps the others.
+pub fn translate(store: &Store, prev: Option<&StatusReport>, now: &str, env: &Env) -> Output {
     let mut ctx = Ctx::new(store, prev, now);
-    ctx.unusable = unusable;
+    ctx.unusable = &env.unusable;
+    ctx.env = env;
     let (policies, checked) = backend_tls::index(&ctx);
     ctx.policies = policies;
     let mut gws = gateways::translate(&ctx);
@@ -54,9 +63,15 @@ pub(crate) struct Ctx<'a> {
     pub slices: backends::SliceIndex<'a>,
     pub unusable: &'a BTreeSet<SocketAddr>,
     pub policies: backend_tls::PolicyIndex,
+    pub env: &'a Env,
 }
 
 static NONE_UNUSABLE: BTreeSet<SocketAddr> = BTreeSet::new();
+static NO_ENV: Env = Env {
+    unusable: BTreeSet::new(),
+    api_gaps: Vec::new(),
+    gateway_service: None,
+};
 
 impl<'a> Ctx<'a> {
     fn new(store: &'a Store, prev: Option<&'a StatusReport>, now: &'a str) -> Self {
@@ -75,6 +90,7 @@ impl<'a> Ctx<'a> {
             slices: backends::index(store),
             unusable: &NONE_UNUSABLE,
             policies: Default::default(),
+            env: &NO_ENV,
         }
     }
 

@@ -1,9 +1,9 @@
 //! Translation from YAML fixtures: precedence, listener selection and status, and a property
 //! check of route selection against a brute-force reference.
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
-use super::translate;
+use super::{Env, translate};
 use crate::{ir, manifest, store::Store};
 
 const CLASS_AND_GATEWAY: &str = r#"
@@ -73,7 +73,7 @@ fn precedence_exact_then_longest_prefix_then_method_then_age() {
         "  - matches: [{path: {type: PathPrefix, value: /a}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /a/b}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: Exact, value: /a/b/c}}]\n    backendRefs: [{name: svc, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /a/b}, method: POST}]\n    backendRefs: [{name: svc, port: 80}]\n",
     );
     let s = store(&[CLASS_AND_GATEWAY, &r1, &r2]);
-    let out = translate(&s, None, "t", &BTreeSet::new());
+    let out = translate(&s, None, "t", &Env::default());
     let p = port(&out.snapshot);
     let cases = [
         ("/a", "GET", ("older", 0)), // equal prefixes: the older route
@@ -98,7 +98,7 @@ fn the_most_specific_listener_isolates_its_routes() {
         .replace("[{name: gw}]", "[{name: gw, sectionName: http}]");
     let foo = route("foo", "  - matches: [{path: {type: Exact, value: /only}}]\n    backendRefs: [{name: svc, port: 80}]\n").replace("[{name: gw}]", "[{name: gw, sectionName: foo}]");
     let s = store(&[CLASS_AND_GATEWAY, &general, &foo]);
-    let out = translate(&s, None, "t", &BTreeSet::new());
+    let out = translate(&s, None, "t", &Env::default());
     let p = port(&out.snapshot);
     assert_eq!(pick(&p, "bar.org", "/any", "GET").unwrap().0, "general");
     assert_eq!(
@@ -117,7 +117,7 @@ fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
     let other = CLASS_AND_GATEWAY.replace("cedille.io/gateway-controller", "example.com/other");
     let r = route("r", "  - backendRefs: [{name: missing, port: 80}]\n");
     let s = store(&[&other, &r]);
-    let out = translate(&s, None, "t", &BTreeSet::new());
+    let out = translate(&s, None, "t", &Env::default());
     assert!(out.snapshot.ports.is_empty());
     assert!(out.status.gateway_classes.is_empty() && out.status.gateways.is_empty());
     assert!(
@@ -126,7 +126,7 @@ fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
     );
 
     let s = store(&[CLASS_AND_GATEWAY, &r]);
-    let out = translate(&s, None, "t", &BTreeSet::new());
+    let out = translate(&s, None, "t", &Env::default());
     let conds = &out.status.http_routes["ns/r"].status.parents[0].conditions;
     let resolved = conds.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
     assert_eq!(
@@ -139,8 +139,8 @@ fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
 fn unchanged_conditions_keep_their_transition_time() {
     let r = route("r", "  - backendRefs: [{name: svc, port: 80}]\n");
     let s = store(&[CLASS_AND_GATEWAY, &r]);
-    let first = translate(&s, None, "T1", &BTreeSet::new());
-    let second = translate(&s, Some(&first.status), "T2", &BTreeSet::new());
+    let first = translate(&s, None, "T1", &Env::default());
+    let second = translate(&s, Some(&first.status), "T2", &Env::default());
     let times = |o: &super::Output| {
         o.status.http_routes["ns/r"].status.parents[0]
             .conditions
@@ -190,7 +190,7 @@ fn selection_agrees_with_a_brute_force_reading_of_the_spec() {
         }
         let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
         let s = store(&refs);
-        let out = translate(&s, None, "t", &BTreeSet::new());
+        let out = translate(&s, None, "t", &Env::default());
         let p = port(&out.snapshot);
         for _ in 0..20 {
             let path = rand_path(&mut rng);

@@ -125,7 +125,7 @@ impl Env {
             env.write(name, text);
         }
         let mut settings = Settings {
-            config_dir: env.dir.path().to_owned(),
+            mode: cedille_gateway::app::Mode::Dir(env.dir.path().to_owned()),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(5),
             max_connections: 1000,

@@ -1,16 +1,18 @@
-//! Standalone mode: a directory of manifests, watched. A change to any file re-reads that
-//! file only; everything else in the store stays as it was.
+//! Standalone mode's source: a directory of manifests, watched. A change to any file
+//! re-reads that file only; everything else in the store stays as it was.
 
 use std::{
     collections::BTreeMap,
     fs,
+    marker::PhantomData,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{manifest, store::Store};
+use crate::{catalog::Catalog, manifest, store::Store};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -18,22 +20,29 @@ struct Stamp {
     len: u64,
 }
 
-pub struct FileProvider {
+pub struct DirSource<C> {
     dir: PathBuf,
     seen: BTreeMap<PathBuf, Stamp>,
+    events: mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    rescan: tokio::time::Interval,
+    synced: bool,
+    _kinds: PhantomData<fn() -> C>,
 }
 
 /// Manifest files are `*.yaml`, `*.yml` and `*.json`, hidden files and directories aside.
 fn is_manifest(p: &Path) -> bool {
-    let hidden = p
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'));
-    !hidden
+    !is_hidden(p)
         && matches!(
             p.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
         )
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
@@ -42,29 +51,72 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     };
     for e in entries.flatten() {
         let p = e.path();
-        let hidden = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
         match e.file_type() {
-            Ok(t) if t.is_dir() && !hidden && depth < 8 => walk(&p, out, depth + 1),
+            Ok(t) if t.is_dir() && !is_hidden(&p) && depth < 8 => walk(&p, out, depth + 1),
             Ok(_) if is_manifest(&p) => out.push(p),
             _ => {}
         }
     }
 }
 
-impl FileProvider {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+impl<C: Catalog> DirSource<C> {
+    /// Watches `dir`; `rescan` is the period of full rescans, in case a change notification
+    /// was missed (or the platform gives none).
+    pub fn new(dir: impl Into<PathBuf>, rescan: Duration) -> Self {
+        let dir = dir.into();
+        let (tx, events) = mpsc::channel(1);
+        let watcher = cedille_common::watch_dir(&dir, tx);
+        let mut rescan = tokio::time::interval(rescan);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            dir,
+            seen: BTreeMap::new(),
+            events,
+            _watcher: watcher,
+            rescan,
+            synced: false,
+            _kinds: PhantomData,
+        }
+    }
+
+    /// A source that is read on demand only (no watch, no timer): `--check-config`.
+    pub fn once(dir: impl Into<PathBuf>) -> Self {
+        let (_, events) = mpsc::channel(1);
         Self {
             dir: dir.into(),
             seen: BTreeMap::new(),
+            events,
+            _watcher: None,
+            rescan: tokio::time::interval(Duration::from_secs(3600)),
+            synced: false,
+            _kinds: PhantomData,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True once the directory has been read.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Completes when something in the directory may have changed: a notification (after
+    /// letting a burst of writes settle) or the rescan period.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            Some(()) = self.events.recv() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while self.events.try_recv().is_ok() {}
+            }
+            _ = self.rescan.tick() => {}
         }
     }
 
     /// Brings the store in line with the directory. Returns whether anything changed: an
     /// object, or what is known to be wrong with a file (status reports both).
-    pub fn sync(&mut self, store: &mut Store) -> bool {
+    pub fn sync(&mut self, store: &mut Store<C>) -> bool {
         let mut files = Vec::new();
         walk(&self.dir, &mut files, 0);
         files.sort();
@@ -91,7 +143,7 @@ impl FileProvider {
                     continue;
                 }
             };
-            let parsed = manifest::parse(&path, &text);
+            let parsed = manifest::parse::<C>(&path, &text);
             for (_, e) in &parsed.errors {
                 warn!(file = %e.file, document = e.document, object = e.object.as_deref().unwrap_or("-"),
                     field = e.field.as_deref().unwrap_or("-"), "rejected manifest: {}", e.message);
@@ -106,9 +158,10 @@ impl FileProvider {
             let source = gone.display().to_string();
             let keys = store.remove_source(&source);
             info!(file = %source, objects = keys.len(), "manifest file removed");
-            changed |= !keys.is_empty();
+            changed = true;
         }
         self.seen = now;
+        self.synced = true;
         changed
     }
 }

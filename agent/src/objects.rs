@@ -1,0 +1,164 @@
+//! The kinds the agent reads (Pod, Namespace, Service, EndpointSlice), as a catalog of the
+//! shared object layer: the same store and sources as the gateway, from a manifest
+//! directory or the Kubernetes API.
+
+use std::fmt;
+
+use cedille_objects::{
+    KindInfo, ObjectMeta,
+    core::{EndpointSlice, Namespace, Pod, Service},
+    manifest::typed,
+};
+use serde_json::Value;
+
+pub use cedille_objects::ManifestError;
+
+pub type ObjKey = cedille_objects::ObjKey<Kind>;
+pub type Store = cedille_objects::Store<Object>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    Pod,
+    Namespace,
+    Service,
+    EndpointSlice,
+}
+
+const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
+    KindInfo {
+        group: "",
+        versions: &["v1"],
+        kind,
+        plural,
+        namespaced,
+        keeps_status: false,
+    }
+}
+
+static POD: KindInfo = core("Pod", "pods", true);
+static NAMESPACE: KindInfo = core("Namespace", "namespaces", false);
+static SERVICE: KindInfo = core("Service", "services", true);
+static ENDPOINT_SLICE: KindInfo = KindInfo {
+    group: "discovery.k8s.io",
+    versions: &["v1"],
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    namespaced: true,
+    keeps_status: false,
+};
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
+
+    pub fn info(self) -> &'static KindInfo {
+        match self {
+            Kind::Pod => &POD,
+            Kind::Namespace => &NAMESPACE,
+            Kind::Service => &SERVICE,
+            Kind::EndpointSlice => &ENDPOINT_SLICE,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.info().kind)
+    }
+}
+
+/// One object of a kind the agent reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Pod(Box<Pod>),
+    Namespace(Namespace),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+}
+
+impl cedille_objects::Catalog for Object {
+    type Kind = Kind;
+
+    fn kinds() -> &'static [Kind] {
+        &Kind::ALL
+    }
+    fn info(kind: Kind) -> &'static KindInfo {
+        kind.info()
+    }
+    fn decode(kind: Kind, value: Value) -> Result<Self, (String, String)> {
+        let o = match kind {
+            Kind::Pod => Object::Pod(Box::new(typed(value)?)),
+            Kind::Namespace => Object::Namespace(typed(value)?),
+            Kind::Service => Object::Service(typed(value)?),
+            Kind::EndpointSlice => Object::EndpointSlice(typed(value)?),
+        };
+        validate(&o)?;
+        Ok(o)
+    }
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+        }
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Pod(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+        }
+    }
+    fn spec_fingerprint(&self) -> String {
+        match self {
+            Object::Pod(o) => serde_json::to_string(&o.spec),
+            Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
+            Object::Service(o) => serde_json::to_string(&o.spec),
+            Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// What the agent needs beyond the API's types: a pod's UID names its cgroup.
+fn validate(o: &Object) -> Result<(), (String, String)> {
+    if let Object::Pod(p) = o {
+        match &p.metadata.uid {
+            Some(uid)
+                if !uid.is_empty() && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => {}
+            _ => {
+                return Err((
+                    "metadata.uid".into(),
+                    "required: a UID (hex digits and dashes) names the pod's cgroup".into(),
+                ));
+            }
+        }
+    }
+    if let Object::EndpointSlice(s) = o {
+        for (i, e) in s.endpoints.iter().enumerate() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                if s.address_type != "FQDN" && a.parse::<std::net::IpAddr>().is_err() {
+                    return Err((
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        format!("{a:?} is not an IP address"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The store and the manifest reader with a small catalog of core kinds.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{
+    catalog::{Catalog, KindInfo},
+    core,
+    manifest::{self, parse, typed},
+    meta::{ObjKey, ObjectMeta},
+    store::Store,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+enum K {
+    Namespace,
+    ConfigMap,
+    Pod,
+}
+
+impl std::fmt::Display for K {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Obj::info(*self).kind)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Obj {
+    Namespace(core::Namespace),
+    ConfigMap(core::ConfigMap),
+    Pod(core::Pod),
+}
+
+static NS: KindInfo = KindInfo {
+    group: "",
+    versions: &["v1"],
+    kind: "Namespace",
+    plural: "namespaces",
+    namespaced: false,
+    keeps_status: false,
+};
+static CM: KindInfo = KindInfo {
+    group: "",
+    versions: &["v1"],
+    kind: "ConfigMap",
+    plural: "configmaps",
+    namespaced: true,
+    keeps_status: true,
+};
+static POD: KindInfo = KindInfo {
+    group: "",
+    versions: &["v1"],
+    kind: "Pod",
+    plural: "pods",
+    namespaced: true,
+    keeps_status: false,
+};
+
+impl Catalog for Obj {
+    type Kind = K;
+    fn kinds() -> &'static [K] {
+        &[K::Namespace, K::ConfigMap, K::Pod]
+    }
+    fn info(kind: K) -> &'static KindInfo {
+        match kind {
+            K::Namespace => &NS,
+            K::ConfigMap => &CM,
+            K::Pod => &POD,
+        }
+    }
+    fn decode(kind: K, value: Value) -> Result<Self, (String, String)> {
+        Ok(match kind {
+            K::Namespace => Obj::Namespace(typed(value)?),
+            K::ConfigMap => {
+                let cm: core::ConfigMap = typed(value)?;
+                if cm.data.contains_key("invalid") {
+                    return Err(("data.invalid".into(), "not allowed".into()));
+                }
+                Obj::ConfigMap(cm)
+            }
+            K::Pod => Obj::Pod(typed(value)?),
+        })
+    }
+    fn kind(&self) -> K {
+        match self {
+            Obj::Namespace(_) => K::Namespace,
+            Obj::ConfigMap(_) => K::ConfigMap,
+            Obj::Pod(_) => K::Pod,
+        }
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Obj::Namespace(o) => &o.metadata,
+            Obj::ConfigMap(o) => &o.metadata,
+            Obj::Pod(o) => &o.metadata,
+        }
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Obj::Namespace(o) => &mut o.metadata,
+            Obj::ConfigMap(o) => &mut o.metadata,
+            Obj::Pod(o) => &mut o.metadata,
+        }
+    }
+    fn spec_fingerprint(&self) -> String {
+        match self {
+            Obj::Namespace(o) => serde_json::to_string(&o.metadata.labels),
+            Obj::ConfigMap(o) => serde_json::to_string(&o.data),
+            Obj::Pod(o) => serde_json::to_string(&o.spec),
+        }
+        .unwrap_or_default()
+    }
+}
+
+fn cm(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: ns}}\ndata: {{{value}: x}}\n"
+    )
+}
+
+fn apply(store: &mut Store<Obj>, file: &str, text: &str) -> Vec<ObjKey<K>> {
+    store.apply_source(file, parse(Path::new(file), text))
+}
+
+fn key(name: &str) -> ObjKey<K> {
+    ObjKey::new(K::ConfigMap, "ns", name)
+}
+
+#[test]
+fn generation_bumps_only_on_spec_change() {
+    let mut s = Store::new();
+    assert_eq!(apply(&mut s, "a", &cm("c", "a")).len(), 1);
+    assert_eq!(s.get(&key("c")).unwrap().object.meta().generation, 1);
+    assert!(apply(&mut s, "a", &cm("c", "a")).is_empty(), "no-op reload");
+    apply(&mut s, "a", &cm("c", "b"));
+    assert_eq!(s.get(&key("c")).unwrap().object.meta().generation, 2);
+}
+
+#[test]
+fn invalid_update_keeps_last_good_version_and_reports() {
+    let mut s = Store::new();
+    apply(&mut s, "a", &cm("c", "a"));
+    assert!(apply(&mut s, "a", &cm("c", "invalid")).is_empty());
+    let kept = s.get(&key("c")).expect("last good version kept");
+    assert!(matches!(kept.object.as_ref(), Obj::ConfigMap(c) if c.data.contains_key("a")));
+    let errors = s.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field.as_deref(), Some("data.invalid"));
+    assert_eq!(errors[0].object.as_deref(), Some("ConfigMap ns/c"));
+    apply(&mut s, "a", &cm("c", "b"));
+    assert!(s.errors().is_empty(), "fixing it clears the error");
+}
+
+#[test]
+fn unreadable_file_keeps_everything_and_removal_deletes() {
+    let mut s = Store::new();
+    apply(
+        &mut s,
+        "a",
+        &format!("{}---\n{}", cm("c1", "a"), cm("c2", "b")),
+    );
+    assert_eq!(s.len(), 2);
+    apply(&mut s, "a", "{{{");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.errors().len(), 1);
+    apply(&mut s, "a", &cm("c1", "a"));
+    assert_eq!(s.len(), 1, "c2 removed from the file");
+    s.remove_source("a");
+    assert!(s.is_empty());
+    assert!(s.errors().is_empty());
+}
+
+#[test]
+fn same_object_in_two_files_keeps_the_first() {
+    let mut s = Store::new();
+    apply(&mut s, "a", &cm("c", "a"));
+    apply(&mut s, "b", &cm("c", "b"));
+    assert_eq!(s.get(&key("c")).unwrap().source, "a");
+    assert!(s.errors()[0].message.contains("also defined in a"));
+}
+
+#[test]
+fn file_order_breaks_timestamp_ties() {
+    let mut s = Store::new();
+    apply(
+        &mut s,
+        "a",
+        &format!("{}---\n{}", cm("zz", "a"), cm("aa", "b")),
+    );
+    let zz = s.get(&key("zz")).unwrap();
+    let aa = s.get(&key("aa")).unwrap();
+    assert!(zz.age_key() < aa.age_key());
+}
+
+#[test]
+fn kind_list_documents_expand_and_foreign_kinds_are_skipped() {
+    let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}\n- {apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n";
+    let p = parse::<Obj>(Path::new("l.yaml"), text);
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    assert_eq!(p.objects.len(), 2);
+    assert_eq!(
+        p.objects[1].object.meta().ns(),
+        "default",
+        "namespace defaults like kubectl's"
+    );
+    assert_eq!(p.objects[0].object.meta().namespace, None, "cluster-scoped");
+}
+
+#[test]
+fn a_wrong_type_names_file_document_object_and_field() {
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: shop}}\nstatus: {{podIP: nonsense}}\n",
+        cm("c", "a")
+    );
+    let p = parse::<Obj>(Path::new("a.yaml"), &text);
+    assert_eq!(p.objects.len(), 1, "the ConfigMap still loads");
+    let (key, e) = &p.errors[0];
+    assert_eq!(key.as_ref().unwrap().name, "p");
+    assert_eq!(e.document, 2);
+    assert_eq!(e.field.as_deref(), Some("status.podIP"));
+    assert!(
+        e.to_string()
+            .starts_with("a.yaml document 2: Pod shop/p: field status.podIP:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_name_and_broken_yaml_are_reported() {
+    let p = parse::<Obj>(
+        Path::new("c.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {}\n",
+    );
+    assert_eq!(p.errors[0].1.field.as_deref(), Some("metadata.name"));
+    let p = parse::<Obj>(Path::new("b.yaml"), "kind: [unclosed");
+    assert!(p.unreadable);
+    assert!(p.errors[0].1.message.contains("invalid YAML"));
+}
+
+#[test]
+fn api_objects_keep_the_servers_metadata_and_status_moves_alone() {
+    let mut s = Store::<Obj>::new();
+    let obj = |rv: &str, status: &str, data: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "ns", "generation": 7, "resourceVersion": rv,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "data": {data: "x"}, "status": {"phase": status}})
+    };
+    let changed = s.apply_source("k", manifest::from_api("kubernetes", obj("10", "a", "d")));
+    assert_eq!(changed.len(), 1);
+    let st = s.get(&key("c")).unwrap();
+    assert_eq!(st.object.meta().generation, 7, "generation is the server's");
+    assert_eq!(st.seq, 0, "ties between API objects fall to namespace/name");
+    assert_eq!(st.resource_version.as_deref(), Some("10"));
+    let epoch = s.status_epoch();
+    // A status write echoed back: not a change of the object, but the status is kept.
+    let changed = s.apply_source("k", manifest::from_api("kubernetes", obj("11", "b", "d")));
+    assert!(changed.is_empty());
+    assert_eq!(s.status_epoch(), epoch + 1);
+    let st = s.get(&key("c")).unwrap();
+    assert_eq!(st.resource_version.as_deref(), Some("11"));
+    assert_eq!(st.status.as_deref().unwrap()["phase"], "b");
+    // A bad version from the API keeps the last good one, reported as from the API.
+    let changed = s.apply_source(
+        "k",
+        manifest::from_api("kubernetes", obj("12", "b", "invalid")),
+    );
+    assert!(changed.is_empty());
+    assert!(s.get(&key("c")).is_some());
+    assert_eq!(
+        s.errors()[0].to_string(),
+        "kubernetes: ConfigMap ns/c: field data.invalid: not allowed"
+    );
+}
