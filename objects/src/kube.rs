@@ -340,7 +340,9 @@ impl<C: Catalog> KubeSource<C> {
                 match key_of::<C>(kind, &v) {
                     Some(key) => {
                         w.keys.remove(&key);
-                        !store.remove_source(&source_of(&key)).is_empty()
+                        let source = source_of(&key);
+                        let had_errors = !store.errors_of(&source).is_empty();
+                        !store.remove_source(&source).is_empty() || had_errors
                     }
                     None => false,
                 }
@@ -402,7 +404,11 @@ fn apply<C: Catalog>(store: &mut Store<C>, key: &ObjKey<C::Kind>, v: Value) -> b
             e.message
         );
     }
-    !store.apply_source(&source_of(key), parsed).is_empty()
+    let source = source_of(key);
+    let errors_before = store.errors_of(&source).to_vec();
+    let changed = !store.apply_source(&source, parsed).is_empty();
+    // A rejected version changes no object, but what /status reports about it.
+    changed || store.errors_of(&source) != errors_before.as_slice()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

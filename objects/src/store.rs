@@ -150,6 +150,13 @@ impl<C: Catalog> Store<C> {
             .collect()
     }
 
+    /// The current errors of one source.
+    pub fn errors_of(&self, source: &str) -> &[ManifestError] {
+        self.sources
+            .get(source)
+            .map_or(&[], |s| s.errors.as_slice())
+    }
+
     /// Replaces what `source` defines with the parse result. Returns the keys whose object
     /// changed (status-only changes are not included: see [`Store::status_epoch`]).
     pub fn apply_source(&mut self, source: &str, parsed: Parsed<C>) -> Vec<ObjKey<C::Kind>> {

@@ -55,9 +55,17 @@ pub struct Writer {
     client: Client,
     versions: BTreeMap<Kind, String>,
     metrics: Arc<Metrics>,
-    /// Per object: the status we last wrote and the status the server answered with (it
-    /// may prune fields); matching both means there is nothing to do.
-    written: HashMap<ObjKey, (Value, Value)>,
+    /// Per object, what we last wrote.
+    written: HashMap<ObjKey, Written>,
+}
+
+/// A successful write: what we wanted, what the server answered with (it may prune fields),
+/// and the resourceVersion the write replaced (while the watch still shows that version,
+/// it has not caught up with our write yet).
+struct Written {
+    desired: Value,
+    echo: Value,
+    replaced: Option<String>,
 }
 
 /// A write to do: the object, the status we want, and whether we own the whole status
@@ -128,12 +136,12 @@ impl Writer {
             let observed = job.observed.get(&w.key).cloned().unwrap_or_default();
             let server = observed.status.as_deref().cloned().unwrap_or(Value::Null);
             let desired = desired(w.key.kind, &w.ours, &server);
-            if desired == server
-                || self
-                    .written
-                    .get(&w.key)
-                    .is_some_and(|(d, echo)| *d == desired && *echo == server)
-            {
+            let done = self.written.get(&w.key).is_some_and(|d| {
+                d.desired == desired
+                    && (d.echo == server
+                        || (d.replaced.is_some() && d.replaced == observed.resource_version))
+            });
+            if desired == server || done {
                 continue;
             }
             todo.push((w, observed));
@@ -187,7 +195,7 @@ impl Writer {
         w: &Want,
         observed: Observed,
         leader: &watch::Receiver<bool>,
-    ) -> Result<Option<(Value, Value)>, String> {
+    ) -> Result<Option<Written>, String> {
         let Some(api) = self.api(&w.key) else {
             return Ok(None);
         };
@@ -220,7 +228,11 @@ impl Writer {
             {
                 Ok(o) => {
                     let echo = o.data.get("status").cloned().unwrap_or(Value::Null);
-                    return Ok(Some((desired, echo)));
+                    return Ok(Some(Written {
+                        desired,
+                        echo,
+                        replaced: rv,
+                    }));
                 }
                 Err(e) if is_code(&e, 409) => {
                     debug!(object = %w.key, "status write conflicted; reading the object again");

@@ -2,6 +2,9 @@
 //! backends, and talks to it with real HTTP clients over real sockets.
 #![allow(dead_code)]
 
+pub mod kube;
+pub mod tls;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
