@@ -257,7 +257,16 @@ impl ApiServer {
                 Ok(current) => {
                     obj["metadata"]["resourceVersion"] =
                         current["metadata"]["resourceVersion"].clone();
-                    s.replace(&res, &ns, &name, obj, false, true, false)
+                    s.replace(
+                        &res,
+                        &ns,
+                        &name,
+                        obj,
+                        store::Write {
+                            put: true,
+                            ..Default::default()
+                        },
+                    )
                 }
                 Err(_) => s.create(&res, namespaced.then_some(ns.as_str()), obj, false),
             }
@@ -288,7 +297,16 @@ impl ApiServer {
             if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");
             }
-            s.replace(&res, &ns, &name, body, true, false, false)
+            s.replace(
+                &res,
+                &ns,
+                &name,
+                body,
+                store::Write {
+                    status_only: true,
+                    ..Default::default()
+                },
+            )
         };
         self.shared.notify();
         r

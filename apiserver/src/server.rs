@@ -21,7 +21,7 @@ use crate::{
     discovery,
     resources::Resource,
     selectors::{FieldSelector, LabelSelector, labels},
-    store::{ApiError, EventType, PatchType, Store},
+    store::{ApiError, EventType, PatchType, Store, Write},
 };
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -200,9 +200,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         return error(&ApiError::not_found_path());
     };
     if req.method() != Method::GET && !matches!(r, Route::Object(_)) {
-        return error(&ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        )));
+        return error(&ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource".into(),
+        ));
     }
     let resources = || shared.lock().resources.clone();
     let found = |v: Option<Value>| match v {
@@ -365,7 +365,17 @@ async fn object(shared: Arc<Shared>, req: Request<Incoming>, t: Target) -> Respo
         (&Method::PUT, Some(name)) => parse_body().and_then(|b| {
             shared
                 .lock()
-                .replace(&key, &ns_for_object, name, b, status_only, true, dry_run)
+                .replace(
+                    &key,
+                    &ns_for_object,
+                    name,
+                    b,
+                    Write {
+                        status_only,
+                        put: true,
+                        dry_run,
+                    },
+                )
                 .map(|o| (StatusCode::OK, out(o, &r, &t.version)))
         }),
         (&Method::PATCH, Some(name)) => {
@@ -416,9 +426,9 @@ async fn object(shared: Arc<Shared>, req: Request<Incoming>, t: Target) -> Respo
                 .delete(&key, &ns_for_object, name, rv)
                 .map(|o| (StatusCode::OK, out(o, &r, &t.version)))
         }
-        _ => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        ))),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource".into(),
+        )),
     };
     if method != Method::GET {
         shared.notify();
@@ -525,7 +535,7 @@ fn watch(
                     continue;
                 }
                 let now_in = matches(&e.object);
-                let was_in = e.prev.as_ref().is_some_and(|p| matches(p));
+                let was_in = e.prev.as_ref().is_some_and(&matches);
                 let (typ, obj) = match (e.typ, was_in, now_in) {
                     (EventType::Added, _, true) => ("ADDED", e.object),
                     (EventType::Modified, false, true) => ("ADDED", e.object),

@@ -175,6 +175,15 @@ pub struct Event {
     pub prev: Option<Value>,
 }
 
+/// How a write is made: to `/status` only, as a PUT (the body is the whole object), and
+/// whether it is a dry run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Write {
+    pub status_only: bool,
+    pub put: bool,
+    pub dry_run: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatchType {
     Merge,
@@ -648,10 +657,13 @@ impl Store {
         ns: &str,
         name: &str,
         new: Value,
-        status_only: bool,
-        put: bool,
-        dry_run: bool,
+        how: Write,
     ) -> Result<Value, ApiError> {
+        let Write {
+            status_only,
+            put,
+            dry_run,
+        } = how;
         let r = self.resource_of(res)?;
         let current = self.get(res, ns, name)?;
         if put && name_of(&new) != name {
@@ -804,8 +816,12 @@ impl Store {
                 patch::merge(&mut next, &applied);
             }
         }
-        self.replace(res, &ns, name, next, status_only, false, dry_run)
-            .map(|o| (o, false))
+        let how = Write {
+            status_only,
+            put: false,
+            dry_run,
+        };
+        self.replace(res, &ns, name, next, how).map(|o| (o, false))
     }
 
     pub fn delete(

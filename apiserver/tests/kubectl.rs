@@ -237,6 +237,7 @@ fn scenario(k: &Kubectl) {
         }
     }
     let _ = watch.kill();
+    let _ = watch.wait();
     assert_eq!(
         seen,
         ["EVENT NAME", "ADDED p2", "DELETED p2"],

@@ -42,12 +42,15 @@ pub struct Elector {
     name: String,
     identity: String,
     timings: Timings,
-    /// The last Lease record seen (holder, renewTime, resourceVersion) and when it was first
-    /// seen in that state, on this replica's clock.
-    observed: Option<((Option<String>, Option<MicroTime>, Option<String>), Instant)>,
+    /// The last Lease record seen and when it was first seen in that state, on this
+    /// replica's clock.
+    observed: Option<(Record, Instant)>,
     last_renew: Option<Instant>,
     leader: watch::Sender<bool>,
 }
+
+/// What identifies a Lease record's state: holder, renewTime, resourceVersion.
+type Record = (Option<String>, Option<MicroTime>, Option<String>);
 
 /// What one attempt found.
 #[derive(Debug, PartialEq, Eq)]
