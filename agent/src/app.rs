@@ -120,16 +120,21 @@ async fn connect(node_name: &str) -> KubeSource<Object> {
             }
         }
     };
+    info!(node = %node_name, "watching this node's pods, Namespaces, Services and EndpointSlices");
+    watch(client, node_name)
+}
+
+/// The agent's watches: this node's pods only (never every pod in the cluster), and every
+/// Namespace, Service and EndpointSlice.
+pub fn watch(client: kube::Client, node_name: &str) -> KubeSource<Object> {
     let mut source = KubeSource::new(client);
     for kind in Kind::ALL {
         let spec = WatchSpec::new(kind, kind.info().versions[0]);
         source.watch(match kind {
-            // Only this node's pods, never every pod in the cluster.
             Kind::Pod => spec.fields(format!("spec.nodeName={node_name}")),
             _ => spec,
         });
     }
-    info!(node = %node_name, "watching this node's pods, Namespaces, Services and EndpointSlices");
     source
 }
 
@@ -194,4 +199,102 @@ fn admin(node: &Node, ready: bool, req: Request<hyper::body::Incoming>) -> Respo
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exact requests of the agent's pod watch, against kube's `tower-test` mock.
+
+    use std::collections::BTreeMap;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+
+    fn query(uri: &http::Uri) -> BTreeMap<String, String> {
+        uri.query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_pod_watch_asks_for_this_nodes_pods_only() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut source = watch(kube::Client::new(svc, "default"), "node-1");
+        let mut pods = None;
+        // Four watches list first; answer each, keep the pod one.
+        for _ in 0..4 {
+            let (req, send) = handle.next_request().await.unwrap();
+            let path = req.uri().path().to_owned();
+            let list_kind = match path.as_str() {
+                "/api/v1/pods" => "PodList",
+                "/api/v1/namespaces" => "NamespaceList",
+                "/api/v1/services" => "ServiceList",
+                "/apis/discovery.k8s.io/v1/endpointslices" => "EndpointSliceList",
+                other => panic!("unexpected request {other}"),
+            };
+            if path == "/api/v1/pods" {
+                assert_eq!(
+                    query(req.uri()),
+                    map(&[
+                        ("fieldSelector", "spec.nodeName%3Dnode-1"),
+                        ("limit", "500")
+                    ])
+                );
+                pods = Some(());
+            }
+            let items = if path == "/api/v1/pods" {
+                json!([{"metadata": {"name": "a", "namespace": "shop", "uid": "aaaa-1"},
+                        "spec": {"nodeName": "node-1"}, "status": {"podIP": "10.0.0.5"}}])
+            } else {
+                json!([])
+            };
+            let body = json!({"kind": list_kind, "apiVersion": "v1",
+                "metadata": {"resourceVersion": "12"}, "items": items});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+        assert!(pods.is_some(), "the pods were listed");
+        // Then each watches from the list's resourceVersion; the pod watch keeps the selector.
+        let mut saw_pod_watch = false;
+        for _ in 0..4 {
+            let (req, _send) = handle.next_request().await.unwrap();
+            if req.uri().path() == "/api/v1/pods" {
+                assert_eq!(
+                    query(req.uri()),
+                    map(&[
+                        ("watch", "true"),
+                        ("timeoutSeconds", "290"),
+                        ("fieldSelector", "spec.nodeName%3Dnode-1"),
+                        ("allowWatchBookmarks", "true"),
+                        ("resourceVersion", "12"),
+                    ])
+                );
+                saw_pod_watch = true;
+            }
+        }
+        assert!(saw_pod_watch);
+        let mut store = Store::default();
+        source.sync(&mut store);
+        assert!(source.synced(), "every initial list is in");
+        assert_eq!(store.len(), 1);
+    }
 }

@@ -237,3 +237,142 @@ impl Elector {
 pub fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The exact requests the elector sends, against kube's `tower-test` mock.
+
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn client() -> (Client, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(svc, "default"), handle)
+    }
+
+    fn lease(holder: &str, rv: &str) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "cedille-gateway", "namespace": "infra", "resourceVersion": rv},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z",
+                     "leaseTransitions": 3}})
+    }
+
+    fn reply(code: u16, v: &Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(v).unwrap()))
+            .unwrap()
+    }
+
+    async fn next(
+        handle: &mut Handle,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("a request")
+            .expect("the client is alive")
+    }
+
+    #[tokio::test]
+    async fn renewal_is_a_get_then_a_put_carrying_the_resource_version_read() {
+        let (client, mut handle) = client();
+        let (mut elector, _leader) = Elector::new(
+            client,
+            "infra",
+            "cedille-gateway",
+            "gw-a",
+            Timings::default(),
+        );
+        let attempt = tokio::spawn(async move { elector.try_acquire_or_renew().await });
+
+        let (req, send) = next(&mut handle).await;
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(
+            req.uri().to_string(),
+            "/apis/coordination.k8s.io/v1/namespaces/infra/leases/cedille-gateway"
+        );
+        send.send_response(reply(200, &lease("gw-a", "41")));
+
+        let (req, send) = next(&mut handle).await;
+        assert_eq!(req.method(), Method::PUT);
+        assert_eq!(
+            req.uri().to_string(),
+            "/apis/coordination.k8s.io/v1/namespaces/infra/leases/cedille-gateway?"
+        );
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "41",
+            "optimistic concurrency"
+        );
+        assert_eq!(body["spec"]["holderIdentity"], "gw-a");
+        assert_eq!(
+            body["spec"]["leaseTransitions"], 3,
+            "a renewal is not a transition"
+        );
+        assert_eq!(
+            body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z",
+            "kept on renewal"
+        );
+        assert_ne!(
+            body["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z",
+            "renewed now"
+        );
+        send.send_response(reply(200, &lease("gw-a", "42")));
+        assert_eq!(attempt.await.unwrap().unwrap(), Attempt::Leading);
+    }
+
+    #[tokio::test]
+    async fn a_held_lease_is_left_alone_and_a_lost_race_is_a_409() {
+        let (client, mut handle) = client();
+        let (mut elector, _leader) = Elector::new(
+            client,
+            "infra",
+            "cedille-gateway",
+            "gw-b",
+            Timings::default(),
+        );
+        let attempt = tokio::spawn(async move {
+            let first = elector.try_acquire_or_renew().await.unwrap();
+            (first, elector)
+        });
+        let (_, send) = next(&mut handle).await;
+        send.send_response(reply(200, &lease("gw-a", "41")));
+        let (first, mut elector) = attempt.await.unwrap();
+        assert_eq!(
+            first,
+            Attempt::Following(Some("gw-a".into())),
+            "no write while held"
+        );
+
+        // No Lease yet: a create; another replica created it first: 409, following.
+        let attempt = tokio::spawn(async move { elector.try_acquire_or_renew().await });
+        let (_, send) = next(&mut handle).await;
+        send.send_response(reply(404, &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "leases.coordination.k8s.io \"cedille-gateway\" not found"})));
+        let (req, send) = next(&mut handle).await;
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(
+            req.uri().to_string(),
+            "/apis/coordination.k8s.io/v1/namespaces/infra/leases?"
+        );
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["spec"]["holderIdentity"], "gw-b");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        send.send_response(reply(
+            409,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "already exists"}),
+        ));
+        assert_eq!(attempt.await.unwrap().unwrap(), Attempt::Following(None));
+    }
+}

@@ -438,6 +438,90 @@ mod tests {
         assert_eq!(d["conditions"][0]["lastTransitionTime"], "new");
     }
 
+    /// The exact requests of a route status write that meets a conflict: a merge patch of
+    /// `/status` carrying the resourceVersion it was computed from, a re-read on 409, and
+    /// the same patch recomputed from the fresh object (the other controller's new entry
+    /// kept).
+    #[tokio::test]
+    async fn a_conflicting_status_write_rereads_and_retries() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let versions = BTreeMap::from([(Kind::HttpRoute, "v1".to_owned())]);
+        let writer = Writer::new(client, versions, Arc::new(Metrics::new()));
+        let ours = json!([{"parentRef": {"name": "gw"}, "controllerName": CONTROLLER_NAME,
+            "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": "t"}]}]);
+        let want = Want {
+            key: ObjKey::new(Kind::HttpRoute, "shop", "web"),
+            ours: ours.clone(),
+        };
+        let observed = Observed {
+            status: None,
+            resource_version: Some("7".into()),
+        };
+        let (_leader_tx, leader) = watch::channel(true);
+        let write = tokio::spawn(async move { writer.write_one(&want, observed, &leader).await });
+        let reply = |code: u16, v: Value| {
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&v).unwrap()))
+                .unwrap()
+        };
+        let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
+
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::PATCH);
+        assert_eq!(req.uri().to_string(), format!("{path}/status?"));
+        assert_eq!(
+            req.headers()["content-type"],
+            "application/merge-patch+json"
+        );
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"metadata": {"resourceVersion": "7"}, "status": {"parents": ours}})
+        );
+        send.send_response(reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+        ));
+
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (req.method(), req.uri().to_string()),
+            (&Method::GET, path.to_owned())
+        );
+        let theirs = json!({"parentRef": {"name": "x"}, "controllerName": "example.com/other", "conditions": []});
+        send.send_response(reply(
+            200,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "9"},
+            "spec": {}, "status": {"parents": [theirs.clone()]}}),
+        ));
+
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::PATCH);
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        let mut parents = vec![theirs];
+        parents.extend(ours.as_array().unwrap().clone());
+        assert_eq!(
+            body,
+            json!({"metadata": {"resourceVersion": "9"}, "status": {"parents": parents}})
+        );
+        send.send_response(reply(
+            200,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "10"},
+            "status": {"parents": parents}}),
+        ));
+        let written = write.await.unwrap().unwrap().expect("written");
+        assert_eq!(written.replaced.as_deref(), Some("9"));
+    }
+
     #[test]
     fn listener_conditions_match_by_listener_name() {
         let server = json!({"listeners": [
