@@ -7,76 +7,15 @@
 //! sees, so each check reads from the server's side which path a connection took; the
 //! agent's side is read from its `/config` (original destinations it recovered) and metrics.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
-use cedille_harness::{self as h, Background, Bridge, Cgroup, Netns, PinDir};
-
-const PROBE: &str = env!("CARGO_BIN_EXE_cedille-probe");
-const AGENT: &str = env!("CARGO_BIN_EXE_cedille-agent");
-const ADMIN: &str = "127.0.0.1:15921";
-
-struct Pod {
-    name: &'static str,
-    uid: &'static str,
-    ip4: &'static str,
-    ip6: &'static str,
-    ns: Netns,
-    cgroup: PathBuf,
-    _server: Background,
-}
-
-fn http_get(path: &str) -> Option<String> {
-    h::http_get(ADMIN, path)
-}
-
-fn config() -> serde_json::Value {
-    serde_json::from_str(&http_get("/config").expect("agent /config")).expect("JSON")
-}
-
-fn pod_state(name: &str) -> String {
-    let Some(text) = http_get("/config") else {
-        return String::new();
-    };
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    config["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-        .map(|p| p["state"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_default()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "timed out waiting for {what}; agent config: {}",
-        http_get("/config").unwrap_or_default()
-    );
-}
-
-/// Connects from inside `ns` (and `cgroup`, as a process of that pod would) and returns
-/// the server's line `local=… peer=…`, or the error.
-fn connect(ns: &Netns, cgroup: Option<&Path>, addr: &str) -> Result<String, String> {
-    let mut cmd = Command::new(PROBE);
-    cmd.args(["connect", addr, "1500"]);
-    let out = h::run_in(Some(ns), cgroup, cmd, Duration::from_secs(10)).expect("run probe");
-    if out.success() {
-        Ok(out.stdout.trim().to_owned())
-    } else {
-        Err(out.stderr.trim().to_owned())
-    }
-}
+use cedille_harness::{self as h, Background};
+use common::*;
 
 fn manifests(dir: &Path, pods: &[&Pod], mesh_enabled: bool) {
     let label = if mesh_enabled { "enabled" } else { "disabled" };
@@ -112,148 +51,6 @@ fn start_agent(node: &Node, extra: &[&str]) -> Background {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null());
     h::spawn_in(None, None, cmd).expect("start agent")
-}
-
-fn metric(name_and_labels: &str) -> f64 {
-    let text = http_get("/metrics").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn local_and_peer(line: &str) -> (String, String) {
-    let mut local = String::new();
-    let mut peer = String::new();
-    for part in line.split_whitespace() {
-        if let Some(v) = part.strip_prefix("local=") {
-            local = v.to_owned();
-        }
-        if let Some(v) = part.strip_prefix("peer=") {
-            peer = v
-                .rsplit_once(':')
-                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_owned())
-                .unwrap_or_default();
-        }
-    }
-    (local, peer)
-}
-
-/// Whether the agent recorded a connection of `pod` in `direction` to `dst`.
-fn agent_saw(pod: &str, direction: &str, dst: &str) -> bool {
-    config()["recentConnections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["pod"] == pod && c["direction"] == direction && c["originalDst"] == dst)
-}
-
-/// The node: pods a and b in namespace `shop`, c in `legacy`, a host outside the mesh, all
-/// on one bridge; each runs `cedille-probe serve`.
-struct Node {
-    pods: Vec<Pod>,
-    ext: Netns,
-    _ext_server: Background,
-    dir: PathBuf,
-    root: PathBuf,
-    pins: PinDir,
-    _cgroups: Cgroup,
-    // Last: the bridge and every veth go with it.
-    _node: Netns,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn node() -> Node {
-    h::require_privileges();
-    let node = Netns::new("node").unwrap();
-    let bridge = Bridge::new(Some(&node)).unwrap();
-    let cg = Cgroup::new("kub").unwrap();
-    let root = cg.path().to_owned();
-    let pins = PinDir::new().unwrap();
-
-    let specs = [
-        (
-            "a",
-            "aaaaaaaa-0000-4000-8000-000000000001",
-            "10.93.0.1",
-            "fd93::1",
-        ),
-        (
-            "b",
-            "bbbbbbbb-0000-4000-8000-000000000002",
-            "10.93.0.2",
-            "fd93::2",
-        ),
-        (
-            "c",
-            "cccccccc-0000-4000-8000-000000000003",
-            "10.93.0.3",
-            "fd93::3",
-        ),
-    ];
-    let mut pods = Vec::new();
-    for (i, (name, uid, ip4, ip6)) in specs.into_iter().enumerate() {
-        let ns = Netns::new(name).unwrap();
-        ns.ip(&["link", "set", "lo", "up"]).unwrap();
-        let (inside, outside) = h::veth_pair(Some(&ns), Some(&node)).unwrap();
-        ns.addr(&inside, &format!("{ip4}/24")).unwrap();
-        ns.addr(&inside, &format!("{ip6}/64")).unwrap();
-        bridge.add(&outside).unwrap();
-        // cgroupfs driver for a and c, systemd driver for b.
-        let cgroup = if i == 1 {
-            root.join(format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/ctr",
-                uid.replace('-', "_")
-            ))
-        } else {
-            root.join(format!("kubepods/besteffort/pod{uid}/ctr"))
-        };
-        std::fs::create_dir_all(&cgroup).unwrap();
-        let mut cmd = Command::new(PROBE);
-        cmd.args(["serve", "0.0.0.0:8080", "[::]:8081"]);
-        let server = h::spawn_in(Some(&ns), Some(&cgroup), cmd).unwrap();
-        pods.push(Pod {
-            name,
-            uid,
-            ip4,
-            ip6,
-            ns,
-            cgroup,
-            _server: server,
-        });
-    }
-    // A host outside the mesh.
-    let ext = Netns::new("ext").unwrap();
-    ext.ip(&["link", "set", "lo", "up"]).unwrap();
-    let (inside, outside) = h::veth_pair(Some(&ext), Some(&node)).unwrap();
-    ext.addr(&inside, "10.93.0.100/24").unwrap();
-    ext.addr(&inside, "fd93::100/64").unwrap();
-    bridge.add(&outside).unwrap();
-    let mut cmd = Command::new(PROBE);
-    cmd.args(["serve", "0.0.0.0:9090", "[::]:9091"]);
-    let _ext_server = h::spawn_in(Some(&ext), None, cmd).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    // Deleted with the node's namespace.
-    std::mem::forget(bridge);
-    let dir = std::env::temp_dir().join(format!("cedille-mesh-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Node {
-        pods,
-        ext,
-        _ext_server,
-        dir,
-        root,
-        pins,
-        _cgroups: cg,
-        _node: node,
-    }
 }
 
 #[test]

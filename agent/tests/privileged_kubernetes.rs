@@ -1,0 +1,122 @@
+//! The agent binary in Kubernetes mode against the test API server: it watches only its
+//! node's pods, enrolls them exactly as in directory mode, and follows changes made through
+//! the API. Privileged (eBPF, namespaces, cgroups): run through `cargo xtask test` as root.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use cedille_apiserver::{ApiServer, Options};
+use cedille_harness::{self as h, Background};
+use common::*;
+use serde_json::{Value, json};
+
+fn start_agent(n: &Node, kubeconfig: &std::path::Path) -> Background {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["--kubernetes", "--node-name", "node-1", "--cgroup-root"])
+        .arg(&n.root)
+        .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
+        .arg(n.pins.path())
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("CEDILLE_CONFIG_DIR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    h::spawn_in(None, None, cmd).expect("start agent")
+}
+
+/// Creates a Pod on `node` through the API, as the scheduler would leave it; returns the
+/// UID the API server gave it.
+fn create_pod(api: &ApiServer, name: &str, ns: &str, node: &str) -> String {
+    let created = api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "probe"}]}}))
+        .expect("create pod");
+    created["metadata"]["uid"].as_str().unwrap().to_owned()
+}
+
+/// Writes the pod's IPs through `/status`, as the kubelet does once the sandbox runs.
+fn set_ips(api: &ApiServer, name: &str, ns: &str, ips: &[&str]) {
+    let mut pod = api.get("v1", "Pod", ns, name).unwrap();
+    let ip_list: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    pod["status"] = json!({"phase": "Running", "podIP": ips[0], "podIPs": ip_list});
+    api.set_status(&pod).expect("pod status");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test` as root"]
+fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
+    h::require_privileges();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt
+        .block_on(ApiServer::start("127.0.0.1:0".parse().unwrap(), Options::default()))
+        .unwrap();
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"cedille.io/mesh": "enabled"}}}))
+        .unwrap();
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}}))
+        .unwrap();
+    let uids = [
+        create_pod(&api, "a", "shop", "node-1"),
+        create_pod(&api, "b", "shop", "node-1"),
+        create_pod(&api, "c", "legacy", "node-1"),
+    ];
+    // The pods' sandboxes: cgroups named after the API's UIDs, as the kubelet makes them.
+    let n = node_with([&uids[0], &uids[1], &uids[2]]);
+    let (a, b, c) = (&n.pods[0], &n.pods[1], &n.pods[2]);
+    for p in [a, b, c] {
+        let ns = if p.name == "c" { "legacy" } else { "shop" };
+        set_ips(&api, p.name, ns, &[p.ip4, p.ip6]);
+    }
+    // A pod of another node, in a meshed namespace: never seen by this node's agent.
+    create_pod(&api, "elsewhere", "shop", "node-2");
+    set_ips(&api, "elsewhere", "shop", &["10.93.9.9"]);
+    let kubeconfig = n.dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+
+    let _agent = start_agent(&n, &kubeconfig);
+    wait_for("a and b enrolled", || {
+        pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
+    });
+    assert_eq!(pod_state("c"), "not-enrolled");
+    let names: Vec<String> = config()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n == "elsewhere"), "another node's pod: {names:?}");
+    assert_eq!(http_get("/readyz").as_deref(), Some("ok\n"));
+
+    // Traffic between the enrolled pods goes through the agent, as in directory mode.
+    let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
+    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.2".into()));
+    assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
+    assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));
+
+    // Opting b out through the API un-enrolls it; deleting a removes it.
+    let mut bobj = api.get("v1", "Pod", "shop", "b").unwrap();
+    bobj["metadata"]["annotations"] = json!({"cedille.io/mesh": "disabled"});
+    api.apply(bobj).unwrap();
+    wait_for("b opted out", || pod_state("b") == "not-enrolled");
+    api.delete("v1", "Pod", "shop", "a").unwrap();
+    wait_for("a gone", || pod_state("a").is_empty());
+    let line = connect(&c.ns, Some(&c.cgroup), "10.93.0.2:8080").expect("c -> b, direct");
+    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.3".into()));
+
+    // The API server goes away and comes back: nothing is lost, changes made meanwhile
+    // arrive.
+    api.pause();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pod_state("b"), "not-enrolled", "the last view stays");
+    let mut bobj = api.get("v1", "Pod", "shop", "b").unwrap();
+    bobj["metadata"]["annotations"] = json!({});
+    api.apply(bobj).unwrap();
+    rt.block_on(api.resume()).unwrap();
+    wait_for("b enrolled again after the outage", || pod_state("b") == "enrolled");
+    drop(api);
+    drop(rt);
+}
