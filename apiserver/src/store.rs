@@ -726,8 +726,8 @@ impl Store {
         };
         next["apiVersion"] = current["apiVersion"].clone();
         next["kind"] = current["kind"].clone();
-        if r.key() == ("".to_owned(), "secrets".to_owned()) {
-            secret_string_data(&mut next);
+        if !status_only {
+            defaults_on_update(&r, &current, &mut next);
         }
         if comparable(&next) == comparable(&current) {
             return Ok(current);
@@ -871,6 +871,64 @@ impl Store {
 impl Default for Store {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What the update strategies of built-in kinds keep or fill in: the Namespace name label
+/// and finalizers, a Service's allocated cluster IPs and port defaults, a Secret's type and
+/// `stringData`, a Pod's service account.
+fn defaults_on_update(r: &Resource, current: &Value, next: &mut Value) {
+    if r.custom || !r.group.is_empty() {
+        return;
+    }
+    let keep = |next: &mut Value, pointer: &str| {
+        if next.pointer(pointer).is_none()
+            && let Some(v) = current.pointer(pointer)
+        {
+            let (parent, field) = pointer.rsplit_once('/').expect("a pointer");
+            let parent = if parent.is_empty() {
+                Some(&mut *next)
+            } else {
+                next.pointer_mut(parent)
+            };
+            if let Some(Value::Object(m)) = parent {
+                m.insert(field.to_owned(), v.clone());
+            }
+        }
+    };
+    match r.plural.as_str() {
+        "namespaces" => {
+            let name = name_of(next).to_owned();
+            let labels = meta_mut(next).entry("labels").or_insert_with(|| json!({}));
+            labels["kubernetes.io/metadata.name"] = json!(name);
+            if let Some(spec) = current.get("spec") {
+                next["spec"] = spec.clone();
+            }
+        }
+        "services" => {
+            if next.get("spec").is_none() {
+                next["spec"] = json!({});
+            }
+            keep(next, "/spec/type");
+            keep(next, "/spec/clusterIP");
+            keep(next, "/spec/clusterIPs");
+            if let Some(ports) = next.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    if p.get("protocol").is_none() {
+                        p["protocol"] = json!("TCP");
+                    }
+                    if p.get("targetPort").is_none() {
+                        p["targetPort"] = p.get("port").cloned().unwrap_or(Value::Null);
+                    }
+                }
+            }
+        }
+        "secrets" => {
+            secret_string_data(next);
+            keep(next, "/type");
+        }
+        "pods" => keep(next, "/spec/serviceAccountName"),
+        _ => {}
     }
 }
 

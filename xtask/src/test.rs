@@ -71,6 +71,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         min_extended: Some(EXTENDED_FLOOR),
         ..Default::default()
     })?;
+    // The same replay with the objects applied through the test API server and the
+    // statuses read back from it: Kubernetes mode holds the same bar.
+    crate::conformance::run(crate::conformance::Args {
+        min_extended: Some(EXTENDED_FLOOR),
+        kubernetes: true,
+        ..Default::default()
+    })?;
     // The README's main command, with its curl commands.
     crate::example::run(crate::example::Args { check: true })?;
 

@@ -17,12 +17,14 @@ mod world;
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use cedille_apiserver::ApiServer;
 use serde_json::Value;
 
 use crate::util::{cargo, in_ci, is_root, root};
@@ -46,6 +48,11 @@ pub struct Args {
     /// Print each failing case's reason.
     #[arg(long, short)]
     pub verbose: bool,
+
+    /// Run the gateway in Kubernetes mode: objects are applied through the test API server
+    /// (cedille-apiserver, with the data's CRDs) and statuses are read back from it.
+    #[arg(long)]
+    pub kubernetes: bool,
 }
 
 /// How long a test's status may take to converge, and a case to pass three times in a row.
@@ -71,32 +78,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 struct Gateway {
     child: tokio::process::Child,
     admin: SocketAddr,
+    /// Kubernetes mode: the API server the gateway reads and writes status to.
+    api: Option<Arc<ApiServer>>,
+}
+
+/// Where the gateway reads its objects.
+enum Source<'a> {
+    Dir(&'a std::path::Path),
+    Api(Arc<ApiServer>, &'a std::path::Path),
 }
 
 impl Gateway {
-    async fn start(config_dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
+    async fn start(source: Source<'_>, log: &std::path::Path) -> anyhow::Result<Self> {
         let admin: SocketAddr = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?
         };
         let bin = root().join("target/debug/cedille-gateway");
         let log_file = std::fs::File::create(log)?;
-        let child = tokio::process::Command::new(&bin)
-            .args([
-                "--config-dir",
-                config_dir.to_str().context("path")?,
-                "--admin-addr",
-                &admin.to_string(),
-                "--drain-timeout",
-                "1s",
-            ])
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(["--admin-addr", &admin.to_string(), "--drain-timeout", "1s"]);
+        let api = match source {
+            Source::Dir(dir) => {
+                cmd.args(["--config-dir", dir.to_str().context("path")?]);
+                None
+            }
+            Source::Api(api, kubeconfig) => {
+                cmd.args(["--kubernetes", "--namespace", "default", "--pod-name", "conformance"])
+                    .env("KUBECONFIG", kubeconfig);
+                Some(api)
+            }
+        };
+        let child = cmd
             .env("RUST_LOG", "info")
+            .env_remove("CEDILLE_CONFIG_DIR")
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let gw = Self { child, admin };
+        let gw = Self { child, admin, api };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if gw.get("/readyz").await.is_ok_and(|(s, _)| s == 200) {
@@ -126,10 +147,44 @@ impl Gateway {
         Ok((resp.status, resp.body))
     }
 
+    /// Status in `/status`'s shape: from the admin endpoint, or in Kubernetes mode read
+    /// back from the objects in the API server (what the gateway wrote there).
     async fn status(&self) -> anyhow::Result<Value> {
-        let (_, body) = self.get("/status").await?;
-        Ok(serde_json::from_slice(&body)?)
+        match &self.api {
+            None => {
+                let (_, body) = self.get("/status").await?;
+                Ok(serde_json::from_slice(&body)?)
+            }
+            Some(api) => Ok(status_from_api(api)),
+        }
     }
+}
+
+/// The statuses the API server holds, keyed like `/status` (`name` or `namespace/name`).
+fn status_from_api(api: &ApiServer) -> Value {
+    let mut out = serde_json::Map::new();
+    for (field, kind) in [
+        ("gatewayClasses", "GatewayClass"),
+        ("gateways", "Gateway"),
+        ("listenerSets", "ListenerSet"),
+        ("httpRoutes", "HTTPRoute"),
+        ("backendTLSPolicies", "BackendTLSPolicy"),
+    ] {
+        let mut entries = serde_json::Map::new();
+        for o in api.list("gateway.networking.k8s.io/v1", kind).unwrap_or_default() {
+            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+            let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let key = if ns.is_empty() { name.to_owned() } else { format!("{ns}/{name}") };
+            entries.insert(
+                key,
+                serde_json::json!({"namespace": ns, "name": name,
+                    "generation": o.pointer("/metadata/generation").cloned().unwrap_or(Value::Null),
+                    "status": o.get("status").cloned().unwrap_or_else(|| serde_json::json!({}))}),
+            );
+        }
+        out.insert(field.into(), Value::Object(entries));
+    }
+    Value::Object(out)
 }
 
 pub(crate) struct Ctx {
@@ -155,14 +210,36 @@ async fn replay(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("config"))?;
     let backend_client_pem = generated.backend_client_pem.clone();
-    let mut world = World::new(
-        work.join("config/conformance.yaml"),
-        generated.secrets,
-        generated.backend_tls.clone(),
-    );
+    let api = if args.kubernetes {
+        let crds = cedille_apiserver::load_crds(&data.join("crds"))?;
+        let server = ApiServer::start(
+            "127.0.0.1:0".parse()?,
+            cedille_apiserver::Options {
+                crds,
+                ..Default::default()
+            },
+        )
+        .await?;
+        server.write_kubeconfig(&work.join("kubeconfig"))?;
+        Some(Arc::new(server))
+    } else {
+        None
+    };
+    let sink = match &api {
+        None => world::Sink::File(work.join("config/conformance.yaml")),
+        Some(server) => world::Sink::Api {
+            server: server.clone(),
+            applied: Default::default(),
+        },
+    };
+    let mut world = World::new(sink, generated.secrets, generated.backend_tls.clone());
     world.backend_tls_client_auth = Some(generated.backend_tls_client_auth.clone());
     world.apply(&suite.base).await?;
-    let gateway = Gateway::start(&work.join("config"), &work.join("gateway.log")).await?;
+    let source = match &api {
+        None => Source::Dir(&work.join("config")),
+        Some(server) => Source::Api(server.clone(), &work.join("kubeconfig")),
+    };
+    let gateway = Gateway::start(source, &work.join("gateway.log")).await?;
     let mut ctx = Ctx {
         gateway,
         world,
@@ -217,10 +294,14 @@ async fn replay(args: Args) -> anyhow::Result<()> {
         rows.push((t, pass));
     }
     let _ = ctx.gateway.child.kill().await;
-    summarize(&rows, args.min_extended)
+    summarize(&rows, args.min_extended, args.kubernetes)
 }
 
-fn summarize(rows: &[(&TestInfo, bool)], min_extended: Option<f64>) -> anyhow::Result<()> {
+fn summarize(
+    rows: &[(&TestInfo, bool)],
+    min_extended: Option<f64>,
+    kubernetes: bool,
+) -> anyhow::Result<()> {
     let count = |profile: &str| {
         let all: Vec<_> = rows.iter().filter(|(t, _)| t.profile == profile).collect();
         (all.iter().filter(|(_, p)| *p).count(), all.len())
@@ -229,7 +310,8 @@ fn summarize(rows: &[(&TestInfo, bool)], min_extended: Option<f64>) -> anyhow::R
     let (ep, et) = count("extended");
     println!();
     println!(
-        "conformance (GATEWAY-HTTP, each test over HTTP/1.1 and HTTP/2): core {cp}/{ct} passed, extended {ep}/{et} passed"
+        "conformance (GATEWAY-HTTP, each test over HTTP/1.1 and HTTP/2{}): core {cp}/{ct} passed, extended {ep}/{et} passed",
+        if kubernetes { ", Kubernetes mode" } else { "" }
     );
     if let Some(min) = min_extended {
         let share = if et == 0 { 1.0 } else { ep as f64 / et as f64 };

@@ -25,8 +25,19 @@ pub struct Pod {
     ports: BTreeSet<u16>,
 }
 
+/// Where the world's objects go: the gateway's manifest directory, or the API server.
+pub enum Sink {
+    File(PathBuf),
+    /// Objects are created, replaced and deleted through the API; `applied` remembers what
+    /// the last apply created, to delete what a test no longer has.
+    Api {
+        server: Arc<cedille_apiserver::ApiServer>,
+        applied: BTreeSet<(String, String, String, String)>,
+    },
+}
+
 pub struct World {
-    pub config_file: PathBuf,
+    pub sink: Sink,
     /// Served by the pods of Deployments named `tls-backend*`.
     backend_tls: Arc<rustls::ServerConfig>,
     /// Served by `tls-backend-with-client-cert-validation`, which wants a client certificate.
@@ -58,13 +69,9 @@ pub fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 impl World {
-    pub fn new(
-        config_file: PathBuf,
-        extra: Vec<Value>,
-        backend_tls: Arc<rustls::ServerConfig>,
-    ) -> Self {
+    pub fn new(sink: Sink, extra: Vec<Value>, backend_tls: Arc<rustls::ServerConfig>) -> Self {
         Self {
-            config_file,
+            sink,
             backend_tls,
             backend_tls_client_auth: None,
             gateway_ips: BTreeMap::new(),
@@ -186,13 +193,18 @@ impl World {
                 out.push(slice);
             }
         }
-        let text = out
-            .iter()
-            .map(|d| serde_yaml_ng::to_string(d).map(|s| format!("---\n{s}")))
-            .collect::<Result<String, _>>()?;
-        let tmp = self.config_file.with_extension("tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.config_file)?;
+        match &mut self.sink {
+            Sink::File(path) => {
+                let text = out
+                    .iter()
+                    .map(|d| serde_yaml_ng::to_string(d).map(|s| format!("---\n{s}")))
+                    .collect::<Result<String, _>>()?;
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &*path)?;
+            }
+            Sink::Api { server, applied } => sync_api(server, applied, &out)?,
+        }
         Ok(out)
     }
 
@@ -280,4 +292,54 @@ impl World {
             .filter(|p| p.namespace == ns && p.name.starts_with(&format!("{deployment}-")))
             .collect()
     }
+}
+
+/// `(apiVersion, kind, namespace, name)` of an object as the API server keys it.
+fn api_key(server: &cedille_apiserver::ApiServer, v: &Value) -> Option<(String, String, String, String)> {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+    let (api_version, kind) = (s("/apiVersion"), s("/kind"));
+    // Kinds the test API server does not serve (none the gateway reads) are left out.
+    server.list(&api_version, &kind).ok()?;
+    let cluster_scoped = matches!(kind.as_str(), "Namespace" | "GatewayClass");
+    let ns = if cluster_scoped {
+        String::new()
+    } else {
+        let ns = s("/metadata/namespace");
+        if ns.is_empty() { "default".to_owned() } else { ns }
+    };
+    Some((api_version, kind, ns, s("/metadata/name")))
+}
+
+/// Makes the API server hold exactly `objects` of what the harness manages: creates or
+/// replaces each (an unchanged object is a no-op write, as on a real API server), then
+/// deletes what the previous apply had and this one does not. Namespaces go first and
+/// leave last.
+fn sync_api(
+    server: &cedille_apiserver::ApiServer,
+    applied: &mut BTreeSet<(String, String, String, String)>,
+    objects: &[Value],
+) -> anyhow::Result<()> {
+    let mut now = BTreeSet::new();
+    let mut ordered: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Namespace").collect();
+    ordered.extend(objects.iter().filter(|o| o["kind"] != "Namespace"));
+    for o in ordered {
+        let Some(key) = api_key(server, o) else {
+            continue;
+        };
+        let mut obj = o.clone();
+        if !key.2.is_empty() {
+            obj["metadata"]["namespace"] = json!(key.2);
+        }
+        server
+            .apply(obj)
+            .map_err(|e| anyhow::anyhow!("applying {} {}/{}: {}", key.1, key.2, key.3, e.message))?;
+        now.insert(key);
+    }
+    let gone: Vec<_> = applied.difference(&now).cloned().collect();
+    for (api_version, kind, ns, name) in gone.iter().filter(|k| k.1 != "Namespace").chain(gone.iter().filter(|k| k.1 == "Namespace")) {
+        // Already gone with its namespace, or never created: both fine.
+        let _ = server.delete(api_version, kind, ns, name);
+    }
+    *applied = now;
+    Ok(())
 }
