@@ -52,7 +52,10 @@ fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
     h::require_privileges();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = rt
-        .block_on(ApiServer::start("127.0.0.1:0".parse().unwrap(), Options::default()))
+        .block_on(ApiServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Options::default(),
+        ))
         .unwrap();
     api.create(json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"cedille.io/mesh": "enabled"}}}))
@@ -88,12 +91,18 @@ fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
         .iter()
         .map(|p| p["name"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert!(!names.iter().any(|n| n == "elsewhere"), "another node's pod: {names:?}");
+    assert!(
+        !names.iter().any(|n| n == "elsewhere"),
+        "another node's pod: {names:?}"
+    );
     assert_eq!(http_get("/readyz").as_deref(), Some("ok\n"));
 
     // Traffic between the enrolled pods goes through the agent, as in directory mode.
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
-    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.2".into()));
+    assert_eq!(
+        local_and_peer(&line),
+        ("10.93.0.2:8080".into(), "10.93.0.2".into())
+    );
     assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
     assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));
 
@@ -105,7 +114,10 @@ fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
     api.delete("v1", "Pod", "shop", "a").unwrap();
     wait_for("a gone", || pod_state("a").is_empty());
     let line = connect(&c.ns, Some(&c.cgroup), "10.93.0.2:8080").expect("c -> b, direct");
-    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.3".into()));
+    assert_eq!(
+        local_and_peer(&line),
+        ("10.93.0.2:8080".into(), "10.93.0.3".into())
+    );
 
     // The API server goes away and comes back: nothing is lost, changes made meanwhile
     // arrive.
@@ -116,7 +128,9 @@ fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
     bobj["metadata"]["annotations"] = json!({});
     api.apply(bobj).unwrap();
     rt.block_on(api.resume()).unwrap();
-    wait_for("b enrolled again after the outage", || pod_state("b") == "enrolled");
+    wait_for("b enrolled again after the outage", || {
+        pod_state("b") == "enrolled"
+    });
     drop(api);
     drop(rt);
 }

@@ -912,7 +912,10 @@ fn defaults_on_update(r: &Resource, current: &Value, next: &mut Value) {
             keep(next, "/spec/type");
             keep(next, "/spec/clusterIP");
             keep(next, "/spec/clusterIPs");
-            if let Some(ports) = next.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            if let Some(ports) = next
+                .pointer_mut("/spec/ports")
+                .and_then(Value::as_array_mut)
+            {
                 for p in ports {
                     if p.get("protocol").is_none() {
                         p["protocol"] = json!("TCP");

@@ -30,7 +30,8 @@ enum Cmd {
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
     Example(example::Args),
     /// Benchmarks: `gateway` (against nginx and HAProxy), `agent` (eBPF against iptables
-    /// capture and the bare kernel). Needs `scripts/setup.sh --bench`.
+    /// capture and the bare kernel; both need `scripts/setup.sh --bench`), `kubernetes`
+    /// (route propagation through the API, leader failover).
     Bench(bench::Args),
 }
 

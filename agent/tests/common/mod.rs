@@ -211,4 +211,3 @@ pub fn node_with(uids: [&str; 3]) -> Node {
         _node: node,
     }
 }
-

@@ -1,10 +1,11 @@
-//! `cargo xtask bench gateway|agent`: Cedille next to the software it replaces, measured in
+//! `cargo xtask bench gateway|agent|kubernetes`: Cedille next to the software it replaces, measured in
 //! one run with interleaved rounds and medians. On this 2-core machine throughput swings
 //! from run to run while CPU time per unit of work is stable, so the figures that count are
 //! CPU per request (or per handshake, per connection) and latency at a fixed rate.
 
 mod agent;
 mod gateway;
+mod kubernetes;
 
 use std::{
     net::TcpStream,
@@ -16,7 +17,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway` or `agent`.
+    /// What to benchmark: `gateway`, `agent` or `kubernetes`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -34,13 +35,19 @@ pub struct Args {
     /// Requests per second for the fixed-rate latency measurement.
     #[arg(long, default_value_t = 5000)]
     rate: u32,
+    /// Route changes for the Kubernetes-mode propagation measurement.
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.target.as_str() {
         "gateway" => gateway::run(&args),
         "agent" => agent::run(&args),
-        other => bail!("unknown benchmark {other:?}: try `cargo xtask bench gateway` or `agent`"),
+        "kubernetes" => kubernetes::run(args.changes),
+        other => bail!(
+            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent` or `kubernetes`"
+        ),
     }
 }
 

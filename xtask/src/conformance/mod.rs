@@ -17,9 +17,9 @@ mod world;
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
     path::PathBuf,
     process::Stdio,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -53,6 +53,11 @@ pub struct Args {
     /// (cedille-apiserver, with the data's CRDs) and statuses are read back from it.
     #[arg(long)]
     pub kubernetes: bool,
+}
+
+/// The conformance data directory beside the checkout.
+pub fn data_dir() -> anyhow::Result<PathBuf> {
+    data::locate(None)
 }
 
 /// How long a test's status may take to converge, and a case to pass three times in a row.
@@ -104,8 +109,14 @@ impl Gateway {
                 None
             }
             Source::Api(api, kubeconfig) => {
-                cmd.args(["--kubernetes", "--namespace", "default", "--pod-name", "conformance"])
-                    .env("KUBECONFIG", kubeconfig);
+                cmd.args([
+                    "--kubernetes",
+                    "--namespace",
+                    "default",
+                    "--pod-name",
+                    "conformance",
+                ])
+                .env("KUBECONFIG", kubeconfig);
                 Some(api)
             }
         };
@@ -171,10 +182,23 @@ fn status_from_api(api: &ApiServer) -> Value {
         ("backendTLSPolicies", "BackendTLSPolicy"),
     ] {
         let mut entries = serde_json::Map::new();
-        for o in api.list("gateway.networking.k8s.io/v1", kind).unwrap_or_default() {
-            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
-            let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-            let key = if ns.is_empty() { name.to_owned() } else { format!("{ns}/{name}") };
+        for o in api
+            .list("gateway.networking.k8s.io/v1", kind)
+            .unwrap_or_default()
+        {
+            let ns = o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = o
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let key = if ns.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{ns}/{name}")
+            };
             entries.insert(
                 key,
                 serde_json::json!({"namespace": ns, "name": name,

@@ -295,8 +295,16 @@ impl World {
 }
 
 /// `(apiVersion, kind, namespace, name)` of an object as the API server keys it.
-fn api_key(server: &cedille_apiserver::ApiServer, v: &Value) -> Option<(String, String, String, String)> {
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+fn api_key(
+    server: &cedille_apiserver::ApiServer,
+    v: &Value,
+) -> Option<(String, String, String, String)> {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     let (api_version, kind) = (s("/apiVersion"), s("/kind"));
     // Kinds the test API server does not serve (none the gateway reads) are left out.
     server.list(&api_version, &kind).ok()?;
@@ -305,7 +313,11 @@ fn api_key(server: &cedille_apiserver::ApiServer, v: &Value) -> Option<(String, 
         String::new()
     } else {
         let ns = s("/metadata/namespace");
-        if ns.is_empty() { "default".to_owned() } else { ns }
+        if ns.is_empty() {
+            "default".to_owned()
+        } else {
+            ns
+        }
     };
     Some((api_version, kind, ns, s("/metadata/name")))
 }
@@ -320,7 +332,10 @@ fn sync_api(
     objects: &[Value],
 ) -> anyhow::Result<()> {
     let mut now = BTreeSet::new();
-    let mut ordered: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Namespace").collect();
+    let mut ordered: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .collect();
     ordered.extend(objects.iter().filter(|o| o["kind"] != "Namespace"));
     for o in ordered {
         let Some(key) = api_key(server, o) else {
@@ -330,13 +345,17 @@ fn sync_api(
         if !key.2.is_empty() {
             obj["metadata"]["namespace"] = json!(key.2);
         }
-        server
-            .apply(obj)
-            .map_err(|e| anyhow::anyhow!("applying {} {}/{}: {}", key.1, key.2, key.3, e.message))?;
+        server.apply(obj).map_err(|e| {
+            anyhow::anyhow!("applying {} {}/{}: {}", key.1, key.2, key.3, e.message)
+        })?;
         now.insert(key);
     }
     let gone: Vec<_> = applied.difference(&now).cloned().collect();
-    for (api_version, kind, ns, name) in gone.iter().filter(|k| k.1 != "Namespace").chain(gone.iter().filter(|k| k.1 == "Namespace")) {
+    for (api_version, kind, ns, name) in gone
+        .iter()
+        .filter(|k| k.1 != "Namespace")
+        .chain(gone.iter().filter(|k| k.1 == "Namespace"))
+    {
         // Already gone with its namespace, or never created: both fine.
         let _ = server.delete(api_version, kind, ns, name);
     }
