@@ -66,6 +66,18 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 else
   log "cargo-deny present"
 fi
+# kubectl drives the test API server in the tests (it must answer kubectl as kube-apiserver
+# does). The machines come with it; elsewhere: the kubectl package where a Kubernetes apt
+# repository is configured, else Debian's kubernetes-client.
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing kubectl"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl \
+    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubernetes-client
+else
+  log "kubectl present: $(kubectl version --client 2>/dev/null | head -1)"
+fi
+
 # Benchmark tools, only with --bench: nginx and HAProxy (the gateway's comparison), h2load
 # and oha (load generators), iptables (the agent's comparison path). The nginx and HAProxy
 # system services are stopped: they would hold ports 80/443, which the conformance replay

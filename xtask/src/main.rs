@@ -25,6 +25,8 @@ enum Cmd {
     Build,
     /// fmt, clippy, cargo-deny, unit tests, then the privileged tests (root).
     Test(test::TestArgs),
+    /// The real-cluster tier, against the cluster of CEDILLE_E2E_KUBECONFIG.
+    E2e,
     /// Replay the Gateway API conformance data against the gateway (root).
     Conformance(conformance::Args),
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             .run()
         }
         Cmd::Test(args) => test::run(args),
+        Cmd::E2e => test::e2e(),
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
         Cmd::Bench(args) => bench::run(args),

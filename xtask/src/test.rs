@@ -59,8 +59,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         return summary(&unit, None);
     }
     let mut privileged = TestTotals::default();
+    // `e2e_` tests need a real cluster: `cargo xtask e2e` runs them.
     with_obj(cargo(&["test", "--workspace", "--tests"]))
-        .args(&["--", "--ignored", "--test-threads=1"])
+        .args(&["--", "--ignored", "--test-threads=1", "--skip", "e2e_"])
         .run_tests(&mut privileged)?;
     if privileged.passed == 0 {
         bail!("no privileged test ran: the privileged stage must not pass empty");
@@ -82,6 +83,17 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     crate::example::run(crate::example::Args { check: true })?;
 
     summary(&unit, Some(&privileged))
+}
+
+/// The real-cluster tier: needs `CEDILLE_E2E_KUBECONFIG` (a test cluster with the Gateway
+/// API CRDs), and fails when it is not set.
+pub fn e2e() -> anyhow::Result<()> {
+    if std::env::var_os("CEDILLE_E2E_KUBECONFIG").is_none() {
+        bail!("CEDILLE_E2E_KUBECONFIG is not set: point it at a test cluster's kubeconfig (see the README, \"Try it on kind\")");
+    }
+    cargo(&["test", "-p", "cedille-gateway", "--test", "e2e_cluster"])
+        .args(&["--", "--ignored", "--nocapture"])
+        .run()
 }
 
 /// The closing line CI reads: `N passed, N failed` over both stages.
