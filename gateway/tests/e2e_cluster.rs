@@ -74,22 +74,66 @@ async fn e2e_gateway_in_a_real_cluster() {
     let route_ar = resource(gw_group, "v1", "HTTPRoute", "httproutes");
     let lease_ar = resource("coordination.k8s.io", "v1", "Lease", "leases");
 
-    create(&client, &ns_ar, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).await;
-    create(&client, &class_ar, None, json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": {"name": name}, "spec": {"controllerName": "cedille.io/gateway-controller"}})).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    create(&client, &gw_ar, Some(&name), json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    create(
+        &client,
+        &ns_ar,
+        None,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+    create(
+        &client,
+        &class_ar,
+        None,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": name}, "spec": {"controllerName": "cedille.io/gateway-controller"}}),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    create(
+        &client,
+        &gw_ar,
+        Some(&name),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "gw"}, "spec": {"gatewayClassName": name,
             "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
-            "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}})).await;
-    create(&client, &route_ar, Some(&name), json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    create(
+        &client,
+        &route_ar,
+        Some(&name),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "redirect"}, "spec": {"parentRefs": [{"name": "gw"}],
             "rules": [{"filters": [{"type": "RequestRedirect",
-                "requestRedirect": {"hostname": "example.org", "statusCode": 302}}]}]}})).await;
+                "requestRedirect": {"hostname": "example.org", "statusCode": 302}}]}]}}),
+    )
+    .await;
 
-    let admin: SocketAddr = ([127, 0, 0, 1], std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).into();
+    let admin: SocketAddr = (
+        [127, 0, 0, 1],
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    )
+        .into();
     let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_cedille-gateway"))
-        .args(["--kubernetes", "--namespace", &name, "--pod-name", "e2e", "--lease-name", &name])
+        .args([
+            "--kubernetes",
+            "--namespace",
+            &name,
+            "--pod-name",
+            "e2e",
+            "--lease-name",
+            &name,
+        ])
         .args(["--admin-addr", &admin.to_string()])
         .env("KUBECONFIG", &path)
         .env_remove("CEDILLE_CONFIG_DIR")
@@ -125,7 +169,9 @@ async fn e2e_gateway_in_a_real_cluster() {
         result = if redirected && routed && gateway_ok {
             Ok(())
         } else {
-            Err(format!("redirect {redirected}, route status {routed}, gateway status {gateway_ok}"))
+            Err(format!(
+                "redirect {redirected}, route status {routed}, gateway status {gateway_ok}"
+            ))
         };
         if result.is_ok() {
             break;

@@ -89,7 +89,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
 /// API CRDs), and fails when it is not set.
 pub fn e2e() -> anyhow::Result<()> {
     if std::env::var_os("CEDILLE_E2E_KUBECONFIG").is_none() {
-        bail!("CEDILLE_E2E_KUBECONFIG is not set: point it at a test cluster's kubeconfig (see the README, \"Try it on kind\")");
+        bail!(
+            "CEDILLE_E2E_KUBECONFIG is not set: point it at a test cluster's kubeconfig (see the README, \"Try it on kind\")"
+        );
     }
     cargo(&["test", "-p", "cedille-gateway", "--test", "e2e_cluster"])
         .args(&["--", "--ignored", "--nocapture"])
