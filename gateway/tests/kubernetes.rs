@@ -341,11 +341,23 @@ async fn an_api_server_outage_and_a_relist_lose_nothing() {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     assert_eq!(get(addr, "/one").await.unwrap().0, 200);
 
-    // The API server goes away; the gateway keeps serving, ready, on what it has.
+    eventually(Duration::from_secs(5), || async {
+        gw.status().await["cluster"]["leader"] == true
+    })
+    .await
+    .expect("the only replica leads");
+
+    // The API server goes away; the gateway keeps serving, ready, on what it has. Unable
+    // to renew its Lease for the renew deadline (1.5 s here), it stops acting as leader.
     cluster.api.pause();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(gw.ready().await, "ready on the last good snapshot");
     assert_eq!(get(addr, "/one").await.unwrap().0, 200);
+    assert_eq!(
+        gw.status().await["cluster"]["leader"],
+        false,
+        "a leader that cannot renew stops writing"
+    );
     // Changes made meanwhile (as if by another client) are found once it is back.
     cluster.apply_yaml(&route("two", "/two"));
     cluster.api.resume().await.unwrap();
@@ -354,6 +366,11 @@ async fn an_api_server_outage_and_a_relist_lose_nothing() {
     })
     .await
     .expect("the change made during the outage arrives after it");
+    eventually(Duration::from_secs(5), || async {
+        gw.status().await["cluster"]["leader"] == true
+    })
+    .await
+    .expect("leads again once the Lease can be renewed");
 
     // Compaction, then every watch is cut: the watches come back with 410 and relist.
     // Traffic never sees an empty snapshot in between.
