@@ -6,7 +6,7 @@ use std::fmt;
 
 use cedille_objects::{
     KindInfo, ObjectMeta,
-    core::{EndpointSlice, Namespace, Pod, Service},
+    core::{self, EndpointSlice, Namespace, Pod, Service},
     manifest::typed,
 };
 use serde_json::Value;
@@ -24,29 +24,6 @@ pub enum Kind {
     EndpointSlice,
 }
 
-const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
-    KindInfo {
-        group: "",
-        versions: &["v1"],
-        kind,
-        plural,
-        namespaced,
-        keeps_status: false,
-    }
-}
-
-static POD: KindInfo = core("Pod", "pods", true);
-static NAMESPACE: KindInfo = core("Namespace", "namespaces", false);
-static SERVICE: KindInfo = core("Service", "services", true);
-static ENDPOINT_SLICE: KindInfo = KindInfo {
-    group: "discovery.k8s.io",
-    versions: &["v1"],
-    kind: "EndpointSlice",
-    plural: "endpointslices",
-    namespaced: true,
-    keeps_status: false,
-};
-
 impl Kind {
     pub const ALL: [Kind; 4] = [
         Kind::Namespace,
@@ -57,10 +34,10 @@ impl Kind {
 
     pub fn info(self) -> &'static KindInfo {
         match self {
-            Kind::Pod => &POD,
-            Kind::Namespace => &NAMESPACE,
-            Kind::Service => &SERVICE,
-            Kind::EndpointSlice => &ENDPOINT_SLICE,
+            Kind::Pod => &core::POD,
+            Kind::Namespace => &core::NAMESPACE,
+            Kind::Service => &core::SERVICE,
+            Kind::EndpointSlice => &core::ENDPOINT_SLICE,
         }
     }
 }

@@ -235,40 +235,49 @@ impl ApiServer {
         r
     }
 
+    /// The resource, namespace ("" for cluster scope) and name `obj` names.
+    fn locate(&self, obj: &Value) -> Result<((String, String), String, String), ApiError> {
+        let res = self.resource_of(obj)?;
+        let namespaced = self
+            .shared
+            .lock()
+            .resources
+            .get(&res)
+            .is_some_and(|r| r.namespaced);
+        let s = |p: &str| {
+            obj.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let ns = match s("/metadata/namespace") {
+            _ if !namespaced => String::new(),
+            ns if ns.is_empty() => "default".to_owned(),
+            ns => ns,
+        };
+        Ok((res, ns, s("/metadata/name")))
+    }
+
     /// Creates or replaces `obj` (a replace takes the current resourceVersion), keeping the
     /// current status.
     pub fn apply(&self, mut obj: Value) -> Result<Value, ApiError> {
-        let res = self.resource_of(&obj)?;
-        let ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_owned();
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let (res, ns, name) = self.locate(&obj)?;
         let r = {
             let mut s = self.shared.lock();
-            let namespaced = s.resources.get(&res).is_some_and(|r| r.namespaced);
-            let ns = if namespaced { ns } else { String::new() };
             match s.get(&res, &ns, &name) {
                 Ok(current) => {
                     obj["metadata"]["resourceVersion"] =
                         current["metadata"]["resourceVersion"].clone();
-                    s.replace(
-                        &res,
-                        &ns,
-                        &name,
-                        obj,
-                        store::Write {
-                            put: true,
-                            ..Default::default()
-                        },
-                    )
+                    let how = store::Write {
+                        put: true,
+                        ..Default::default()
+                    };
+                    s.replace(&res, &ns, &name, obj, how)
                 }
-                Err(_) => s.create(&res, namespaced.then_some(ns.as_str()), obj, false),
+                Err(_) => {
+                    let ns = (!ns.is_empty()).then_some(ns.as_str());
+                    s.create(&res, ns, obj, false)
+                }
             }
         };
         self.shared.notify();
@@ -278,36 +287,16 @@ impl ApiServer {
     /// Replaces the status of the object `obj` names with `obj.status`, as a PUT to
     /// `/status` would.
     pub fn set_status(&self, obj: &Value) -> Result<Value, ApiError> {
-        let res = self.resource_of(obj)?;
-        let ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let r = {
-            let mut s = self.shared.lock();
-            let namespaced = s.resources.get(&res).is_some_and(|r| r.namespaced);
-            let ns = if namespaced { ns } else { String::new() };
-            let mut body = obj.clone();
-            if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("resourceVersion");
-            }
-            s.replace(
-                &res,
-                &ns,
-                &name,
-                body,
-                store::Write {
-                    status_only: true,
-                    ..Default::default()
-                },
-            )
+        let (res, ns, name) = self.locate(obj)?;
+        let mut body = obj.clone();
+        if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let how = store::Write {
+            status_only: true,
+            ..Default::default()
         };
+        let r = self.shared.lock().replace(&res, &ns, &name, body, how);
         self.shared.notify();
         r
     }

@@ -6,7 +6,34 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::ObjectMeta;
+use crate::{catalog::KindInfo, meta::ObjectMeta};
+
+/// A core-group (`v1`) kind.
+const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
+    KindInfo {
+        group: "",
+        versions: &["v1"],
+        kind,
+        plural,
+        namespaced,
+        keeps_status: false,
+    }
+}
+
+/// Where the API serves the kinds of this module.
+pub static NAMESPACE: KindInfo = core("Namespace", "namespaces", false);
+pub static SERVICE: KindInfo = core("Service", "services", true);
+pub static SECRET: KindInfo = core("Secret", "secrets", true);
+pub static CONFIG_MAP: KindInfo = core("ConfigMap", "configmaps", true);
+pub static POD: KindInfo = core("Pod", "pods", true);
+pub static ENDPOINT_SLICE: KindInfo = KindInfo {
+    group: "discovery.k8s.io",
+    versions: &["v1"],
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    namespaced: true,
+    keeps_status: false,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Namespace {

@@ -32,29 +32,9 @@ enum Obj {
     Pod(core::Pod),
 }
 
-static NS: KindInfo = KindInfo {
-    group: "",
-    versions: &["v1"],
-    kind: "Namespace",
-    plural: "namespaces",
-    namespaced: false,
-    keeps_status: false,
-};
 static CM: KindInfo = KindInfo {
-    group: "",
-    versions: &["v1"],
-    kind: "ConfigMap",
-    plural: "configmaps",
-    namespaced: true,
     keeps_status: true,
-};
-static POD: KindInfo = KindInfo {
-    group: "",
-    versions: &["v1"],
-    kind: "Pod",
-    plural: "pods",
-    namespaced: true,
-    keeps_status: false,
+    ..core::CONFIG_MAP
 };
 
 impl Catalog for Obj {
@@ -64,9 +44,9 @@ impl Catalog for Obj {
     }
     fn info(kind: K) -> &'static KindInfo {
         match kind {
-            K::Namespace => &NS,
+            K::Namespace => &core::NAMESPACE,
             K::ConfigMap => &CM,
-            K::Pod => &POD,
+            K::Pod => &core::POD,
         }
     }
     fn decode(kind: K, value: Value) -> Result<Self, (String, String)> {

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use cedille_objects::KindInfo;
+use cedille_objects::{KindInfo, core};
 use serde::Serialize;
 
 pub use cedille_objects::ObjectMeta;
@@ -40,17 +40,6 @@ const fn gw(
     }
 }
 
-const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
-    KindInfo {
-        group: "",
-        versions: &["v1"],
-        kind,
-        plural,
-        namespaced,
-        keeps_status: false,
-    }
-}
-
 // Versions the gateway can read, newest first: v1 is what Gateway API v1.5 and v1.6 serve;
 // the older ones are what earlier releases (and their experimental channel) served.
 static GATEWAY_CLASS: KindInfo = KindInfo {
@@ -66,19 +55,6 @@ static BACKEND_TLS_POLICY: KindInfo = gw(
     "backendtlspolicies",
     &["v1", "v1alpha3"],
 );
-static SECRET: KindInfo = core("Secret", "secrets", true);
-static CONFIG_MAP: KindInfo = core("ConfigMap", "configmaps", true);
-static SERVICE: KindInfo = core("Service", "services", true);
-static NAMESPACE: KindInfo = core("Namespace", "namespaces", false);
-static ENDPOINT_SLICE: KindInfo = KindInfo {
-    group: "discovery.k8s.io",
-    versions: &["v1"],
-    kind: "EndpointSlice",
-    plural: "endpointslices",
-    namespaced: true,
-    keeps_status: false,
-};
-
 impl Kind {
     pub const ALL: [Kind; 11] = [
         Kind::GatewayClass,
@@ -102,11 +78,11 @@ impl Kind {
             Kind::ReferenceGrant => &REFERENCE_GRANT,
             Kind::ListenerSet => &LISTENER_SET,
             Kind::BackendTlsPolicy => &BACKEND_TLS_POLICY,
-            Kind::Secret => &SECRET,
-            Kind::ConfigMap => &CONFIG_MAP,
-            Kind::Service => &SERVICE,
-            Kind::EndpointSlice => &ENDPOINT_SLICE,
-            Kind::Namespace => &NAMESPACE,
+            Kind::Secret => &core::SECRET,
+            Kind::ConfigMap => &core::CONFIG_MAP,
+            Kind::Service => &core::SERVICE,
+            Kind::EndpointSlice => &core::ENDPOINT_SLICE,
+            Kind::Namespace => &core::NAMESPACE,
         }
     }
 

@@ -48,8 +48,14 @@ impl ServerCertVerifier for Capture {
     }
 }
 
-/// The certificate a new TLS handshake with SNI `name` gets.
-pub async fn presented(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+/// A TLS handshake with SNI `name`: the stream and the certificate it got.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Option<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+)> {
     let capture = Arc::new(Capture::default());
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -61,12 +67,17 @@ pub async fn presented(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = ServerName::try_from(name.to_owned()).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
         .ok()?;
     let der = capture.0.lock().unwrap().clone();
-    Some(der)
+    Some((tls, der))
+}
+
+/// The certificate a new TLS handshake with SNI `name` gets.
+pub async fn presented(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    handshake(addr, name).await.map(|(_, der)| der)
 }
 
 pub fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
