@@ -343,6 +343,9 @@ fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
 fn publish(state: &AdminState, out: &translate::Output, objects: usize) {
     state.config.store(Arc::new(out.snapshot.describe()));
     state.metrics.reloaded(out.status.invalid_manifests.len());
+    state
+        .metrics
+        .set_backend_endpoints(&out.snapshot.backends());
     state.status.store(Arc::new(out.status.clone()));
     info!(
         objects,

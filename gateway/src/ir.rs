@@ -315,6 +315,34 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl Snapshot {
     /// The effective routing table as JSON, for `/config`.
+    /// Every backend Service port a route uses, with its number of ready endpoints.
+    pub fn backends(&self) -> std::collections::BTreeMap<(String, String, u16), usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for p in self.ports.values() {
+            for l in &p.listeners {
+                let hosts = l
+                    .vhosts
+                    .exact
+                    .values()
+                    .chain(l.vhosts.wildcard.iter().map(|(_, v)| v))
+                    .chain(l.vhosts.any.iter());
+                for v in hosts {
+                    for e in &v.entries {
+                        for b in &e.rule.backends {
+                            if let BackendKind::Service(t) = &b.kind {
+                                out.insert(
+                                    (t.namespace.clone(), t.service.clone(), t.port),
+                                    t.endpoints.len(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn describe(&self) -> serde_json::Value {
         use serde_json::json;
         let ports: Vec<_> = self

@@ -31,7 +31,35 @@ struct RequestLabels {
     parent_name: String,
     route_namespace: String,
     route_name: String,
+    protocol: &'static str,
     status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    parent_namespace: String,
+    parent_name: String,
+    route_namespace: String,
+    route_name: String,
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnmatchedLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    namespace: String,
+    service: String,
+    port: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,17 +75,77 @@ struct StatusWriteLabels {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// One route's request counters (by status class) and duration histogram.
+/// The downstream protocols, as the `protocol` label writes them.
+pub const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
+
+/// Index of a request's protocol in [`PROTOCOLS`].
+pub fn protocol_index(v: http::Version) -> usize {
+    match v {
+        http::Version::HTTP_2 => 1,
+        http::Version::HTTP_3 => 2,
+        _ => 0,
+    }
+}
+
+/// Why a request to a backend failed, as the `error` label writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable).
+    Connect = 0,
+    /// The backend did not answer within the rule's backend timeout.
+    Timeout = 1,
+    /// The connection failed after it was made (reset, bad response).
+    Reset = 2,
+    /// TLS to the backend could not be set up (policy or handshake).
+    Tls = 3,
+    /// The Service has no ready endpoint.
+    NoEndpoint = 4,
+}
+
+const UPSTREAM_ERRORS: [&str; 5] = ["connect", "timeout", "reset", "tls", "no_endpoint"];
+
+/// Why a request matched no route, as the `reason` label writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    MissingHost,
+    NoListener,
+    Misdirected,
+    NoRouteForHost,
+    NoMatch,
+}
+
+impl Unmatched {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::MissingHost => "missing_host",
+            Unmatched::NoListener => "no_listener",
+            Unmatched::Misdirected => "misdirected",
+            Unmatched::NoRouteForHost => "no_route_for_host",
+            Unmatched::NoMatch => "no_match",
+        }
+    }
+}
+
+/// One route's handles: requests by protocol and status class, duration, upstream
+/// errors, retries and body bytes, so a request never looks a series up by its labels.
 pub struct RouteMetrics {
-    requests: [Counter; 5],
+    requests: [[Counter; 5]; 3],
     duration: Histogram,
+    upstream_errors: [Counter; 5],
+    pub retries: Counter,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
 }
 
 impl RouteMetrics {
-    pub fn record(&self, status: StatusCode, took: Duration) {
+    pub fn record(&self, protocol: usize, status: StatusCode, took: Duration) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
+        self.requests[protocol.min(2)][class].inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, e: UpstreamError) {
+        self.upstream_errors[e as usize].inc();
     }
 }
 
@@ -78,6 +166,14 @@ pub struct Metrics {
     bound_sockets: Gauge,
     status_writes: Family<StatusWriteLabels, Counter>,
     leader: Gauge,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Family<RouteLabels, Counter>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
+    unmatched: Family<UnmatchedLabels, Counter>,
+    connections: [Counter; 3],
+    tls_handshakes: Counter,
+    backend_endpoints: Family<BackendLabels, Gauge>,
 }
 
 /// Decrements the active connection gauge when dropped.
@@ -110,6 +206,16 @@ impl Metrics {
         let bound_sockets = Gauge::default();
         let status_writes = Family::<StatusWriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let retries = Family::<RouteLabels, Counter>::default();
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        let unmatched = Family::<UnmatchedLabels, Counter>::default();
+        let connections_family = Family::<ProtocolLabels, Counter>::default();
+        let connections =
+            PROTOCOLS.map(|protocol| connections_family.get_or_create(&ProtocolLabels { protocol }).clone());
+        let tls_handshakes = Counter::default();
+        let backend_endpoints = Family::<BackendLabels, Gauge>::default();
         registry.register(
             "requests",
             "HTTP requests that matched a route, by route and status class",
@@ -152,6 +258,46 @@ impl Metrics {
             "1 while this replica holds the leader Lease and writes status (Kubernetes mode)",
             leader.clone(),
         );
+        registry.register(
+            "upstream_errors",
+            "Requests to a backend that failed, by route and error (connect, timeout, reset, tls, no_endpoint)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Backend requests retried under the rule's retry policy, by route",
+            retries.clone(),
+        );
+        registry.register(
+            "request_body_bytes",
+            "Request body bytes received from clients, by route",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "response_body_bytes",
+            "Response body bytes sent to clients, by route",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "unmatched_requests",
+            "Requests that matched no route, by protocol and reason (no_listener, no_route_for_host, no_match, misdirected, missing_host)",
+            unmatched.clone(),
+        );
+        registry.register(
+            "connections",
+            "Downstream connections accepted, by protocol once known (h1, h2, h3)",
+            connections_family,
+        );
+        registry.register(
+            "tls_handshakes",
+            "Downstream TLS handshakes completed",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "backend_endpoints",
+            "Ready endpoints of each backend Service port that a route uses",
+            backend_endpoints.clone(),
+        );
         Self {
             registry,
             requests,
@@ -164,33 +310,91 @@ impl Metrics {
             bound_sockets,
             status_writes,
             leader,
+            upstream_errors,
+            retries,
+            request_bytes,
+            response_bytes,
+            unmatched,
+            connections,
+            tls_handshakes,
+            backend_endpoints,
         }
     }
 
     /// The handles one route's requests are counted with; the same route identity always
     /// gets the same underlying series.
     pub fn route(&self, route: &RouteId) -> RouteMetrics {
-        let requests = STATUS_CLASSES.map(|status_class| {
-            self.requests
-                .get_or_create(&RequestLabels {
+        let requests = PROTOCOLS.map(|protocol| {
+            STATUS_CLASSES.map(|status_class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        parent_namespace: route.parent_namespace.clone(),
+                        parent_name: route.parent_name.clone(),
+                        route_namespace: route.namespace.clone(),
+                        route_name: route.name.clone(),
+                        protocol,
+                        status_class,
+                    })
+                    .clone()
+            })
+        });
+        let labels = RouteLabels {
+            parent_namespace: route.parent_namespace.clone(),
+            parent_name: route.parent_name.clone(),
+            route_namespace: route.namespace.clone(),
+            route_name: route.name.clone(),
+        };
+        let upstream_errors = UPSTREAM_ERRORS.map(|error| {
+            self.upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
                     parent_namespace: route.parent_namespace.clone(),
                     parent_name: route.parent_name.clone(),
                     route_namespace: route.namespace.clone(),
                     route_name: route.name.clone(),
-                    status_class,
+                    error,
                 })
                 .clone()
         });
-        let duration = self
-            .durations
-            .get_or_create(&RouteLabels {
-                parent_namespace: route.parent_namespace.clone(),
-                parent_name: route.parent_name.clone(),
-                route_namespace: route.namespace.clone(),
-                route_name: route.name.clone(),
+        RouteMetrics {
+            requests,
+            duration: self.durations.get_or_create(&labels).clone(),
+            upstream_errors,
+            retries: self.retries.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn unmatched(&self, protocol: usize, reason: Unmatched) {
+        self.unmatched
+            .get_or_create(&UnmatchedLabels {
+                protocol: PROTOCOLS[protocol.min(2)],
+                reason: reason.as_str(),
             })
-            .clone();
-        RouteMetrics { requests, duration }
+            .inc();
+    }
+
+    /// A downstream connection whose protocol is now known.
+    pub fn connection(&self, protocol: usize) {
+        self.connections[protocol.min(2)].inc();
+    }
+
+    pub fn tls_handshake_done(&self) {
+        self.tls_handshakes.inc();
+    }
+
+    /// The ready endpoints of every backend in use, replacing the previous set.
+    pub fn set_backend_endpoints(&self, backends: &std::collections::BTreeMap<(String, String, u16), usize>) {
+        self.backend_endpoints.clear();
+        for ((namespace, service, port), n) in backends {
+            self.backend_endpoints
+                .get_or_create(&BackendLabels {
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    port: *port,
+                })
+                .set(*n as i64);
+        }
     }
 
     pub fn connection_opened(&self) -> ActiveConnection {

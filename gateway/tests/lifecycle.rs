@@ -67,8 +67,8 @@ async fn metrics_carry_route_identity_and_status_class() {
     }
     assert_eq!(get(env.addr(), "/status/503").await.unwrap().0, 503);
     let m = env.metrics().await;
-    let ok = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",status_class="2xx"} 3"#;
-    let err = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",status_class="5xx"} 1"#;
+    let ok = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",protocol="h1",status_class="2xx"} 3"#;
+    let err = r#"cedille_gateway_requests_total{parent_namespace="default",parent_name="gw",route_namespace="default",route_name="r",protocol="h1",status_class="5xx"} 1"#;
     assert!(m.contains(ok), "{m}");
     assert!(m.contains(err), "{m}");
     assert!(
@@ -78,6 +78,70 @@ async fn metrics_carry_route_identity_and_status_class() {
     assert!(
         m.contains(r#"cedille_gateway_config_reloads_total{result="success"}"#),
         "{m}"
+    );
+}
+
+/// The series the dashboards read: unmatched requests, upstream errors by kind, retries,
+/// body bytes, connections by protocol and backend endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_metrics_count_what_the_dashboards_show() {
+    let closed = support::free_port();
+    let routes = format!(
+        "{}---\n{}---\n{}",
+        route("app", "/app"),
+        support::service("dead", ([127, 0, 0, 1], closed).into()),
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: dead, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /dead}}]
+    backendRefs: [{name: dead, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /status}}]
+    backendRefs: [{name: echo, port: 80}]
+    retry: {attempts: 2, backoff: 1ms, codes: [503]}
+"#
+    );
+    let env = Env::start(&[("r.yaml", &routes)], |_| {}).await;
+    let mut conn = support::Conn::open(env.addr()).await.unwrap();
+    let (code, _, body) = conn
+        .request("POST", "/app/x", &[], bytes::Bytes::from_static(b"hello world"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(get(env.addr(), "/nothing").await.unwrap().0, 404);
+    assert_eq!(get(env.addr(), "/dead").await.unwrap().0, 503);
+    assert_eq!(get(env.addr(), "/status/503").await.unwrap().0, 503);
+    let m = env.metrics().await;
+    let app = r#"parent_namespace="default",parent_name="gw",route_namespace="default",route_name="app""#;
+    let dead = r#"parent_namespace="default",parent_name="gw",route_namespace="default",route_name="dead""#;
+    let value = |series: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{m}"))
+    };
+    assert_eq!(value(&format!("cedille_gateway_request_body_bytes_total{{{app}}}")), 11);
+    assert_eq!(
+        value(&format!("cedille_gateway_response_body_bytes_total{{{app}}}")),
+        body.len() as u64
+    );
+    assert_eq!(
+        value(r#"cedille_gateway_unmatched_requests_total{protocol="h1",reason="no_match"}"#),
+        1
+    );
+    assert_eq!(
+        value(&format!("cedille_gateway_upstream_errors_total{{{dead},error=\"connect\"}}")),
+        1
+    );
+    assert_eq!(value(&format!("cedille_gateway_upstream_retries_total{{{}}}", dead)), 1);
+    assert!(value(r#"cedille_gateway_connections_total{protocol="h1"}"#) >= 4);
+    assert_eq!(
+        value(r#"cedille_gateway_backend_endpoints{namespace="default",service="echo",port="80"}"#),
+        1
     );
 }
 

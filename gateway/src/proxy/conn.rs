@@ -100,6 +100,7 @@ impl Acceptor {
                 _ => return,
             };
         let info = Arc::new(ConnInfo::new(peer, None));
+        metrics.connection(usize::from(h2));
         if h2 {
             Box::pin(self.serve_h2(TokioIo::new(stream), info)).await;
         } else {
@@ -126,8 +127,10 @@ impl Acceptor {
                     return;
                 }
             };
+        metrics.tls_handshake_done();
         let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        metrics.connection(usize::from(h2));
         let info = Arc::new(ConnInfo::new(peer, Some(sni)));
         // ALPN decided the protocol.
         if h2 {

@@ -10,13 +10,13 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use tracing::{debug, info};
 
 use super::{Body, BoxError, empty, full, headers, upstream::Upstreams};
 use crate::{
     ir::{self, BackendKind, Filter, PathMatch, PathRewrite, PortConfig, Protocol, RouteEntry},
-    metrics::Metrics,
+    metrics::{Metrics, RouteMetrics, Unmatched, UpstreamError, protocol_index},
 };
 
 /// Largest request body buffered for retries and mirrors.
@@ -85,24 +85,42 @@ async fn route(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
+    let protocol = protocol_index(req.version());
+    let unmatched = |why: Unmatched, status: StatusCode, msg: &str| {
+        shared.metrics.unmatched(protocol, why);
+        simple(status, msg)
+    };
 
     let Some(host) = headers::request_host(&req) else {
-        return simple(StatusCode::BAD_REQUEST, "missing Host header");
+        return unmatched(
+            Unmatched::MissingHost,
+            StatusCode::BAD_REQUEST,
+            "missing Host header",
+        );
     };
     let Some(listener) = port.listener_for(Some(&host)) else {
-        return simple(StatusCode::NOT_FOUND, "no listener for this host");
+        return unmatched(
+            Unmatched::NoListener,
+            StatusCode::NOT_FOUND,
+            "no listener for this host",
+        );
     };
     if conn.tls {
         let by_sni = port.listener_for(conn.sni.as_deref());
         if !by_sni.is_some_and(|l| Arc::ptr_eq(l, listener)) {
-            return simple(
+            return unmatched(
+                Unmatched::Misdirected,
                 StatusCode::MISDIRECTED_REQUEST,
                 "the Host does not match the TLS server name",
             );
         }
     }
     let Some(vhost) = listener.vhosts.find(&host) else {
-        return simple(StatusCode::NOT_FOUND, "no route for this host");
+        return unmatched(
+            Unmatched::NoRouteForHost,
+            StatusCode::NOT_FOUND,
+            "no route for this host",
+        );
     };
     let query = parse_query(req.uri().query());
     let Some(entry) = vhost
@@ -110,22 +128,24 @@ async fn route(
         .iter()
         .find(|e| matches(&e.matcher, &req, &query))
     else {
-        return simple(StatusCode::NOT_FOUND, "no route matches");
+        return unmatched(Unmatched::NoMatch, StatusCode::NOT_FOUND, "no route matches");
     };
     let rule = entry.rule.clone();
+    let metrics = rule
+        .metrics
+        .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)))
+        .clone();
     // Captured for the access log only when it is on.
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let fut = process(&shared, &port, &conn, entry, req, host);
+    let fut = process(&shared, &port, &conn, entry, req, host, &metrics);
     let resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
             .unwrap_or_else(|_| simple(StatusCode::GATEWAY_TIMEOUT, "request timeout")),
         None => fut.await,
     };
-    rule.metrics
-        .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)))
-        .record(resp.status(), start.elapsed());
+    metrics.record(protocol, resp.status(), start.elapsed());
     if let Some((method, path)) = logged {
         info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
             route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
@@ -207,6 +227,7 @@ async fn process(
     entry: &RouteEntry,
     mut req: Request<Incoming>,
     host: String,
+    metrics: &RouteMetrics,
 ) -> Response<Body> {
     let rule = &entry.rule;
     // An HTTP/1.1 protocol upgrade (WebSocket): forwarded, then the two connections are
@@ -344,7 +365,11 @@ async fn process(
     let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
     let (buffered, mut streamed): (Option<Bytes>, Option<Body>) = if needs_copy {
         match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(c) => (Some(c.to_bytes()), None),
+            Ok(c) => {
+                let b = c.to_bytes();
+                metrics.request_bytes.inc_by(b.len() as u64);
+                (Some(b), None)
+            }
             Err(_) => {
                 return simple(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -353,9 +378,14 @@ async fn process(
             }
         }
     } else {
+        let counted = metrics.request_bytes.clone();
         (
             None,
-            Some(body.map_err(|e| Box::new(e) as BoxError).boxed()),
+            Some(
+                body.map_frame(move |f| count(&counted, f))
+                    .map_err(|e| Box::new(e) as BoxError)
+                    .boxed(),
+            ),
         )
     };
 
@@ -386,6 +416,7 @@ async fn process(
     loop {
         attempt += 1;
         let Some((addr, _guard)) = shared.upstreams.pick(target, last_addr) else {
+            metrics.upstream_error(UpstreamError::NoEndpoint);
             return simple(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no ready endpoint for the backend Service",
@@ -412,7 +443,9 @@ async fn process(
         let retry = rule.retry.as_ref().filter(|_| attempt < attempts);
         let resp = match result {
             Err(()) => {
+                metrics.upstream_error(UpstreamError::Timeout);
                 if let Some(r) = retry.filter(|r| r.codes.contains(&504)) {
+                    metrics.retries.inc();
                     tokio::time::sleep(r.backoff).await;
                     continue;
                 }
@@ -425,9 +458,15 @@ async fn process(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
+                metrics.upstream_error(match &e {
+                    super::upstream::SendError::Policy(_) => UpstreamError::Tls,
+                    _ if e.is_connect() => UpstreamError::Connect,
+                    _ => UpstreamError::Reset,
+                });
                 if let Some(r) =
                     retry.filter(|r| e.is_connect() || r.codes.contains(&status.as_u16()))
                 {
+                    metrics.retries.inc();
                     tokio::time::sleep(r.backoff).await;
                     continue;
                 }
@@ -441,6 +480,7 @@ async fn process(
         if let Some(r) = retry
             && r.codes.contains(&resp.status().as_u16())
         {
+            metrics.retries.inc();
             let _ = resp.into_body().collect().await;
             tokio::time::sleep(r.backoff).await;
             continue;
@@ -465,8 +505,21 @@ async fn process(
         if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
             super::cors::decorate(c, o, &mut rparts.headers);
         }
-        return Response::from_parts(rparts, rbody.map_err(|e| Box::new(e) as BoxError).boxed());
+        let counted = metrics.response_bytes.clone();
+        let rbody = rbody
+            .map_frame(move |f| count(&counted, f))
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed();
+        return Response::from_parts(rparts, rbody);
     }
+}
+
+/// Adds a body frame's data length to `counter`.
+fn count(counter: &prometheus_client::metrics::counter::Counter, f: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(d) = f.data_ref() {
+        counter.inc_by(d.len() as u64);
+    }
+    f
 }
 
 fn build(
