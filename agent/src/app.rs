@@ -138,6 +138,14 @@ pub fn watch(client: kube::Client, node_name: &str) -> KubeSource<Object> {
     source
 }
 
+/// The permissions Kubernetes mode needs: get/list/watch on every kind the agent watches.
+pub fn permissions() -> cedille_objects::rbac::Permissions {
+    cedille_objects::rbac::Permissions {
+        cluster: cedille_objects::rbac::watching(Kind::ALL.iter().map(|k| k.info())),
+        namespace: Vec::new(),
+    }
+}
+
 async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<Node>, ready: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -56,6 +56,9 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "CEDILLE_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Print the Kubernetes permissions Kubernetes mode needs (JSON RBAC rules) and exit.
+    #[arg(long, exclusive = true)]
+    print_permissions: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,6 +70,13 @@ enum FailurePolicy {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_permissions {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&cedille_agent::app::permissions())?
+        );
+        return Ok(());
+    }
     cedille_common::init_tracing(&args.log_format, "info").map_err(anyhow::Error::msg)?;
     let mut datapath = Datapath::load(&args.bpf_pin_dir)
         .with_context(|| format!("loading eBPF datapath in {}", args.bpf_pin_dir.display()))?;

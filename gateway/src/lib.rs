@@ -28,7 +28,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
     version,
     about = "Cedille edge gateway (Kubernetes Gateway API)"
 )]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["config_dir", "kubernetes"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config_dir", "kubernetes", "print_permissions"])))]
 pub struct Args {
     /// Directory of Kubernetes-style YAML manifests (standalone mode); watched for changes.
     #[arg(long, env = "CEDILLE_CONFIG_DIR", conflicts_with = "kubernetes")]
@@ -86,6 +86,9 @@ pub struct Args {
     /// anything is rejected).
     #[arg(long, env = "CEDILLE_CHECK_CONFIG", requires = "config_dir")]
     pub check_config: bool,
+    /// Print the Kubernetes permissions Kubernetes mode needs (JSON RBAC rules) and exit.
+    #[arg(long, exclusive = true)]
+    pub print_permissions: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

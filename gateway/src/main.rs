@@ -9,6 +9,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = cedille_gateway::Args::parse();
+    if args.print_permissions {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&cedille_gateway::kube::permissions())?
+        );
+        return Ok(());
+    }
     cedille_common::init_tracing(&args.log_format, "info,access=off")
         .map_err(anyhow::Error::msg)?;
     if args.check_config {

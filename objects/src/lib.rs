@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod kube;
 pub mod manifest;
 pub mod meta;
+pub mod rbac;
 pub mod store;
 
 pub use catalog::{Catalog, KindInfo};

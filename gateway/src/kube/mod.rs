@@ -142,6 +142,28 @@ pub fn referenced_config_maps(store: &Store) -> BTreeSet<(String, String)> {
     out
 }
 
+/// The permissions Kubernetes mode needs: get/list/watch on every kind it watches, patch
+/// on the status of the kinds it writes status for, and Leases in its own namespace.
+pub fn permissions() -> cedille_objects::rbac::Permissions {
+    use cedille_objects::rbac::{Permissions, rules, watching};
+    let mut cluster = watching(Kind::ALL.iter().map(|k| k.info()));
+    cluster.extend(rules(
+        Kind::ALL
+            .iter()
+            .map(|k| k.info())
+            .filter(|i| i.keeps_status)
+            .map(|i| (i.group, format!("{}/status", i.plural))),
+        &["patch"],
+    ));
+    Permissions {
+        cluster,
+        namespace: rules(
+            [("coordination.k8s.io", "leases".to_owned())],
+            &["get", "create", "update"],
+        ),
+    }
+}
+
 /// What `/status` says about the connection to the cluster.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

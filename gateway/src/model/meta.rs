@@ -48,7 +48,11 @@ static GATEWAY_CLASS: KindInfo = KindInfo {
 };
 static GATEWAY: KindInfo = gw("Gateway", "gateways", &["v1", "v1beta1"]);
 static HTTP_ROUTE: KindInfo = gw("HTTPRoute", "httproutes", &["v1", "v1beta1"]);
-static REFERENCE_GRANT: KindInfo = gw("ReferenceGrant", "referencegrants", &["v1", "v1beta1"]);
+// ReferenceGrants have no status.
+static REFERENCE_GRANT: KindInfo = KindInfo {
+    keeps_status: false,
+    ..gw("ReferenceGrant", "referencegrants", &["v1", "v1beta1"])
+};
 static LISTENER_SET: KindInfo = gw("ListenerSet", "listenersets", &["v1"]);
 static BACKEND_TLS_POLICY: KindInfo = gw(
     "BackendTLSPolicy",
