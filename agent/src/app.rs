@@ -173,7 +173,7 @@ fn admin(node: &Node, ready: bool, req: Request<hyper::body::Incoming>) -> Respo
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             node.metrics_text(),
         ),
         "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

@@ -75,6 +75,7 @@ pub struct Metrics {
     bytes: Family<BytesLabels, Counter>,
     connect_errors: Family<DirectionLabels, Counter>,
     map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
     bpf_events: Family<EventLabels, Counter<u64, AtomicU64>>,
     program_ns: Family<ProgramLabels, Counter<u64, AtomicU64>>,
     program_runs: Family<ProgramLabels, Counter<u64, AtomicU64>>,
@@ -116,6 +117,7 @@ impl Metrics {
             bytes: Family::default(),
             connect_errors: Family::default(),
             map_entries: Family::default(),
+            map_capacity: Family::default(),
             bpf_events: Family::default(),
             program_ns: Family::default(),
             program_runs: Family::default(),
@@ -152,6 +154,11 @@ impl Metrics {
             "bpf_map_entries",
             "Entries in each eBPF map",
             m.map_entries.clone(),
+        );
+        r.register(
+            "bpf_map_capacity",
+            "Most entries each eBPF map holds (bpf_map_entries over this is its fill)",
+            m.map_capacity.clone(),
         );
         r.register("bpf_events", "Kernel-side events: map_full (a map update the kernel refused), inbound_refused (fail-closed drops), failed_open, note_lost (a redirected connect whose destination was overwritten; the agent closes it)", m.bpf_events.clone());
         r.register(
@@ -203,15 +210,19 @@ impl Metrics {
 
     /// Brings the kernel-sourced series up to date (called on each scrape).
     pub fn kernel(&self, counts: MapCounts, stats: Stats, programs: &[(&'static str, u64, u64)]) {
-        for (map, n) in [
-            ("targets", counts.targets),
-            ("original_dst", counts.original_dsts),
-            ("inbound_addrs", counts.inbound_addrs),
-            ("inbound_sockets", counts.inbound_sockets),
+        use cedille_ebpf::{CONNECTION_MAP_ENTRIES, TARGET_MAP_ENTRIES};
+        for (map, n, capacity) in [
+            ("targets", counts.targets, TARGET_MAP_ENTRIES),
+            ("original_dst", counts.original_dsts, CONNECTION_MAP_ENTRIES),
+            ("inbound_addrs", counts.inbound_addrs, TARGET_MAP_ENTRIES),
+            ("inbound_sockets", counts.inbound_sockets, TARGET_MAP_ENTRIES),
         ] {
             self.map_entries
                 .get_or_create(&MapLabels { map })
                 .set(n as i64);
+            self.map_capacity
+                .get_or_create(&MapLabels { map })
+                .set(i64::from(capacity));
         }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for (event, now, before) in [
