@@ -40,6 +40,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub limits: Limits,
+    /// On shutdown, how long to keep serving after readiness turns false, so that load
+    /// balancers stop sending before the listeners close.
+    pub shutdown_delay: Duration,
     /// Full rescans of the directory, in case a change notification was missed; also how
     /// often sockets that could not be bound are retried.
     pub rescan_interval: Duration,
@@ -235,6 +238,10 @@ async fn control_loop(
         }
     }
     state.ready.store(false, Ordering::Relaxed);
+    if !settings.shutdown_delay.is_zero() {
+        info!(delay = ?settings.shutdown_delay, "shutting down: not ready, still serving while load balancers catch up");
+        tokio::time::sleep(settings.shutdown_delay).await;
+    }
     if let Some(c) = cluster {
         // Releases the Lease so that another replica takes over at once.
         let _ = c.stop.send(true);
@@ -242,7 +249,7 @@ async fn control_loop(
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
-    info!(deadline = ?settings.drain_timeout, "shutting down: readiness off, draining connections");
+    info!(deadline = ?settings.drain_timeout, "shutting down: listeners closed, draining connections");
     if !dataplane.drain(settings.drain_timeout).await {
         warn!("drain deadline passed with connections still open; closing them");
     }

@@ -67,6 +67,10 @@ pub struct Args {
     /// On SIGTERM, how long in-flight requests may take to finish (e.g. 30s, 500ms).
     #[arg(long, env = "CEDILLE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long to keep serving with readiness off before closing the listeners
+    /// (lets load balancers and Service endpoints catch up; the Helm chart sets 5s).
+    #[arg(long, env = "CEDILLE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     /// Most downstream connections open at once; more are closed on accept.
     #[arg(long, env = "CEDILLE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -133,6 +137,7 @@ impl Args {
             mode,
             admin_addr: self.admin_addr,
             drain_timeout: self.drain_timeout,
+            shutdown_delay: self.shutdown_delay,
             max_connections: self.max_connections,
             limits: proxy::conn::Limits {
                 tls_handshake_timeout: self.tls_handshake_timeout,

@@ -41,6 +41,31 @@ async fn shutdown_drains_inflight_requests_then_stops_listening() {
         .unwrap();
 }
 
+/// With a shutdown delay, readiness fails first while new requests are still served, so
+/// load balancers can stop sending before the listeners close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_delay_keeps_serving_while_not_ready() {
+    let mut env = Env::start(&[("r.yaml", &route("r", "/"))], |s| {
+        s.shutdown_delay = Duration::from_millis(800);
+    })
+    .await;
+    let addr = env.addr();
+    let gateway = env.gateway.take().unwrap();
+    let admin = gateway.admin_addr;
+    let stopping = tokio::spawn(gateway.shutdown());
+    eventually(Duration::from_millis(300), || async {
+        get(admin, "/readyz").await.is_ok_and(|(s, _)| s == 503)
+    })
+    .await
+    .expect("not ready at once");
+    assert_eq!(get(addr, "/").await.unwrap().0, 200, "still serving new connections");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("stopped after the delay and the drain")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_without_ready_endpoints_answers_503() {
     let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();

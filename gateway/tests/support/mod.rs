@@ -131,6 +131,7 @@ impl Env {
             mode: cedille_gateway::app::Mode::Dir(env.dir.path().to_owned()),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
             max_connections: 1000,
             limits: Limits::default(),
             rescan_interval: Duration::from_millis(200),
