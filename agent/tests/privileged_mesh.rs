@@ -252,3 +252,62 @@ fn privileged_fail_open_policy_bypasses_a_dead_agent() {
     assert!(agent_saw("shop/a", "outbound", "10.93.0.100:9090"));
     agent.kill();
 }
+
+/// The capabilities the Helm chart gives the agent's container (the `add:` list of
+/// `helm/cedille/templates/agent.yaml`), read from the chart so the two cannot drift.
+fn chart_capabilities() -> Vec<String> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/cedille/templates/agent.yaml");
+    let text = std::fs::read_to_string(&chart).expect("the chart's agent template");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("add: ["))
+        .expect("an `add: [...]` capability list");
+    let list = line.split_once('[').unwrap().1.trim_end().trim_end_matches(']');
+    list.split(',').map(|c| c.trim().to_lowercase()).collect()
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test` as root"]
+fn privileged_agent_works_with_only_the_charts_capabilities() {
+    let n = node();
+    let (a, b) = (&n.pods[0], &n.pods[1]);
+    manifests(&n.dir, &[a, b], true);
+    let caps = chart_capabilities();
+    assert!(!caps.is_empty());
+    let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    // Every other capability dropped from all sets, as the container runtime does.
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", plus.join(",")))
+        .arg(format!("--inh-caps=-all,{}", plus.join(",")))
+        .arg(format!("--ambient-caps=-all,{}", plus.join(",")))
+        .arg(AGENT)
+        .args(["--config-dir"])
+        .arg(&n.dir)
+        .args(["--node-name", "node-1", "--cgroup-root"])
+        .arg(&n.root)
+        .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
+        .arg(n.pins.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let _agent = h::spawn_in(None, None, cmd).expect("start agent under setpriv");
+    wait_for("a and b enrolled with the chart's capabilities", || {
+        pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
+    });
+    let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
+    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.2".into()));
+    assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
+    assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", _agent.id()))
+        .unwrap_or_default();
+    let eff = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+        .unwrap_or_default();
+    let eff = u64::from_str_radix(&eff, 16).expect("CapEff");
+    assert_eq!(
+        eff.count_ones() as usize,
+        caps.len(),
+        "the agent ran with exactly the chart's capabilities ({eff:x})"
+    );
+}
