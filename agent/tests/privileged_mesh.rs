@@ -262,7 +262,12 @@ fn chart_capabilities() -> Vec<String> {
         .lines()
         .find(|l| l.trim_start().starts_with("add: ["))
         .expect("an `add: [...]` capability list");
-    let list = line.split_once('[').unwrap().1.trim_end().trim_end_matches(']');
+    let list = line
+        .split_once('[')
+        .unwrap()
+        .1
+        .trim_end()
+        .trim_end_matches(']');
     list.split(',').map(|c| c.trim().to_lowercase()).collect()
 }
 
@@ -294,11 +299,14 @@ fn privileged_agent_works_with_only_the_charts_capabilities() {
         pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
     });
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
-    assert_eq!(local_and_peer(&line), ("10.93.0.2:8080".into(), "10.93.0.2".into()));
+    assert_eq!(
+        local_and_peer(&line),
+        ("10.93.0.2:8080".into(), "10.93.0.2".into())
+    );
     assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
     assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", _agent.id()))
-        .unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", _agent.id())).unwrap_or_default();
     let eff = status
         .lines()
         .find(|l| l.starts_with("CapEff:"))

@@ -170,6 +170,80 @@ pub fn builtins() -> Vec<Resource> {
             &[],
         ),
         crd,
+        // What the Helm chart installs, served without further semantics.
+        Resource {
+            generation: true,
+            ..builtin(
+                "apps",
+                "Deployment",
+                "deployments",
+                &["deploy"],
+                true,
+                true,
+                &[],
+            )
+        },
+        Resource {
+            generation: true,
+            ..builtin("apps", "DaemonSet", "daemonsets", &["ds"], true, true, &[])
+        },
+        builtin(
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            "clusterroles",
+            &[],
+            false,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            &[],
+            false,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "Role",
+            "roles",
+            &[],
+            true,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            "rolebindings",
+            &[],
+            true,
+            false,
+            &[],
+        ),
+        builtin(
+            "policy",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            &["pdb"],
+            true,
+            true,
+            &[],
+        ),
+        Resource {
+            versions: vec!["v2".into()],
+            ..builtin(
+                "autoscaling",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+                &["hpa"],
+                true,
+                true,
+                &[],
+            )
+        },
     ]
 }
 

@@ -212,8 +212,11 @@ impl Metrics {
         let response_bytes = Family::<RouteLabels, Counter>::default();
         let unmatched = Family::<UnmatchedLabels, Counter>::default();
         let connections_family = Family::<ProtocolLabels, Counter>::default();
-        let connections =
-            PROTOCOLS.map(|protocol| connections_family.get_or_create(&ProtocolLabels { protocol }).clone());
+        let connections = PROTOCOLS.map(|protocol| {
+            connections_family
+                .get_or_create(&ProtocolLabels { protocol })
+                .clone()
+        });
         let tls_handshakes = Counter::default();
         let backend_endpoints = Family::<BackendLabels, Gauge>::default();
         registry.register(
@@ -384,7 +387,10 @@ impl Metrics {
     }
 
     /// The ready endpoints of every backend in use, replacing the previous set.
-    pub fn set_backend_endpoints(&self, backends: &std::collections::BTreeMap<(String, String, u16), usize>) {
+    pub fn set_backend_endpoints(
+        &self,
+        backends: &std::collections::BTreeMap<(String, String, u16), usize>,
+    ) {
         self.backend_endpoints.clear();
         for ((namespace, service, port), n) in backends {
             self.backend_endpoints

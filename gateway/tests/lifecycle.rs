@@ -58,7 +58,11 @@ async fn the_shutdown_delay_keeps_serving_while_not_ready() {
     })
     .await
     .expect("not ready at once");
-    assert_eq!(get(addr, "/").await.unwrap().0, 200, "still serving new connections");
+    assert_eq!(
+        get(addr, "/").await.unwrap().0,
+        200,
+        "still serving new connections"
+    );
     tokio::time::timeout(Duration::from_secs(5), stopping)
         .await
         .expect("stopped after the delay and the drain")
@@ -132,7 +136,12 @@ spec:
     let env = Env::start(&[("r.yaml", &routes)], |_| {}).await;
     let mut conn = support::Conn::open(env.addr()).await.unwrap();
     let (code, _, body) = conn
-        .request("POST", "/app/x", &[], bytes::Bytes::from_static(b"hello world"))
+        .request(
+            "POST",
+            "/app/x",
+            &[],
+            bytes::Bytes::from_static(b"hello world"),
+        )
         .await
         .unwrap();
     assert_eq!(code, 200);
@@ -140,7 +149,8 @@ spec:
     assert_eq!(get(env.addr(), "/dead").await.unwrap().0, 503);
     assert_eq!(get(env.addr(), "/status/503").await.unwrap().0, 503);
     let m = env.metrics().await;
-    let app = r#"parent_namespace="default",parent_name="gw",route_namespace="default",route_name="app""#;
+    let app =
+        r#"parent_namespace="default",parent_name="gw",route_namespace="default",route_name="app""#;
     let dead = r#"parent_namespace="default",parent_name="gw",route_namespace="default",route_name="dead""#;
     let value = |series: &str| -> u64 {
         m.lines()
@@ -149,9 +159,16 @@ spec:
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no series {series} in\n{m}"))
     };
-    assert_eq!(value(&format!("cedille_gateway_request_body_bytes_total{{{app}}}")), 11);
     assert_eq!(
-        value(&format!("cedille_gateway_response_body_bytes_total{{{app}}}")),
+        value(&format!(
+            "cedille_gateway_request_body_bytes_total{{{app}}}"
+        )),
+        11
+    );
+    assert_eq!(
+        value(&format!(
+            "cedille_gateway_response_body_bytes_total{{{app}}}"
+        )),
         body.len() as u64
     );
     assert_eq!(
@@ -159,10 +176,18 @@ spec:
         1
     );
     assert_eq!(
-        value(&format!("cedille_gateway_upstream_errors_total{{{dead},error=\"connect\"}}")),
+        value(&format!(
+            "cedille_gateway_upstream_errors_total{{{dead},error=\"connect\"}}"
+        )),
         1
     );
-    assert_eq!(value(&format!("cedille_gateway_upstream_retries_total{{{}}}", dead)), 1);
+    assert_eq!(
+        value(&format!(
+            "cedille_gateway_upstream_retries_total{{{}}}",
+            dead
+        )),
+        1
+    );
     assert!(value(r#"cedille_gateway_connections_total{protocol="h1"}"#) >= 4);
     assert_eq!(
         value(r#"cedille_gateway_backend_endpoints{namespace="default",service="echo",port="80"}"#),

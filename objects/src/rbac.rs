@@ -26,7 +26,10 @@ pub struct Permissions {
 }
 
 /// Rules granting `verbs` on `resources` (group, resource), one rule per group.
-pub fn rules<'a>(resources: impl IntoIterator<Item = (&'a str, String)>, verbs: &[&str]) -> Vec<Rule> {
+pub fn rules<'a>(
+    resources: impl IntoIterator<Item = (&'a str, String)>,
+    verbs: &[&str],
+) -> Vec<Rule> {
     let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (group, resource) in resources {
         let r = by_group.entry(group).or_default();

@@ -2,6 +2,7 @@
 //! included) and the benchmarks.
 
 mod bench;
+mod chart;
 mod conformance;
 mod ebpf;
 mod example;
@@ -25,6 +26,9 @@ enum Cmd {
     Build,
     /// fmt, clippy, cargo-deny, unit tests, then the privileged tests (root).
     Test(test::TestArgs),
+    /// Check the Helm chart: lint, render, schemas, RBAC against the binaries, install into
+    /// the test API server.
+    Chart,
     /// The real-cluster tier, against the cluster of CEDILLE_E2E_KUBECONFIG.
     E2e,
     /// Replay the Gateway API conformance data against the gateway (root).
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test(args) => test::run(args),
         Cmd::E2e => test::e2e(),
+        Cmd::Chart => chart::run(),
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
         Cmd::Bench(args) => bench::run(args),

@@ -79,6 +79,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         kubernetes: true,
         ..Default::default()
     })?;
+    // The Helm chart: lint, render, schemas, RBAC against the binaries, installed into the
+    // test API server and both binaries started with its arguments.
+    crate::chart::run()?;
     // The README's main command, with its curl commands.
     crate::example::run(crate::example::Args { check: true })?;
 

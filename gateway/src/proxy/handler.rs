@@ -128,7 +128,11 @@ async fn route(
         .iter()
         .find(|e| matches(&e.matcher, &req, &query))
     else {
-        return unmatched(Unmatched::NoMatch, StatusCode::NOT_FOUND, "no route matches");
+        return unmatched(
+            Unmatched::NoMatch,
+            StatusCode::NOT_FOUND,
+            "no route matches",
+        );
     };
     let rule = entry.rule.clone();
     let metrics = rule
