@@ -4,6 +4,7 @@
 mod bench;
 mod chart;
 mod conformance;
+mod dashboards;
 mod ebpf;
 mod example;
 mod test;
@@ -29,6 +30,9 @@ enum Cmd {
     /// Check the Helm chart: lint, render, schemas, RBAC against the binaries, install into
     /// the test API server.
     Chart,
+    /// Check the Grafana dashboards: every query's metrics exported, and data from a real
+    /// Prometheus scraping the real binaries (root).
+    Dashboards,
     /// The real-cluster tier, against the cluster of CEDILLE_E2E_KUBECONFIG.
     E2e,
     /// Replay the Gateway API conformance data against the gateway (root).
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test(args) => test::run(args),
         Cmd::E2e => test::e2e(),
         Cmd::Chart => chart::run(),
+        Cmd::Dashboards => dashboards::run(),
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
         Cmd::Bench(args) => bench::run(args),

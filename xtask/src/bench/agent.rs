@@ -29,10 +29,10 @@ use crate::{
     util::{cargo, root},
 };
 
-const ADMIN: &str = "127.0.0.1:15931";
+pub(crate) const ADMIN: &str = "127.0.0.1:15931";
 const CLIENT_IP: &str = "10.94.0.1";
-const SERVER_IP: &str = "10.94.0.2";
-const ECHO_PORT: u16 = 7000;
+pub(crate) const SERVER_IP: &str = "10.94.0.2";
+pub(crate) const ECHO_PORT: u16 = 7000;
 const SINK_PORT: u16 = 7001;
 /// The agent's mark on its own connections; the iptables rules let them through.
 const AGENT_MARK: &str = "0x539";
@@ -80,7 +80,7 @@ struct Pod {
 }
 
 /// A node: two pods on a bridge, a server in the second, the cgroup root the agent scans.
-struct Node {
+pub(crate) struct Node {
     // Field order is drop order: pods (their namespaces) before the bridge's namespace.
     client: Pod,
     server: Pod,
@@ -101,7 +101,7 @@ fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Node {
-    fn new(probe: &Path) -> anyhow::Result<Node> {
+    pub(crate) fn new(probe: &Path) -> anyhow::Result<Node> {
         let bridge_ns = Netns::new("bnd")?;
         let cgroups = Cgroup::new("bnc")?;
         let mut pods = Vec::new();
@@ -238,7 +238,7 @@ impl Node {
     }
 
     /// Runs `cedille-probe ARGS` in the client pod and returns its `key=value` line.
-    fn load(
+    pub(crate) fn load(
         &self,
         probe: &Path,
         args: &[&str],
@@ -301,7 +301,7 @@ fn metric(name: &str) -> f64 {
         .map_or(0.0, |(_, v)| v)
 }
 
-struct Agent {
+pub(crate) struct Agent {
     proc: Background,
     _pins: PinDir,
     _dir: TempDir,
@@ -316,7 +316,12 @@ impl Drop for TempDir {
 }
 
 impl Agent {
-    fn start(bin: &Path, node: &Node, no_ebpf: bool, log: &Path) -> anyhow::Result<Agent> {
+    pub(crate) fn start(
+        bin: &Path,
+        node: &Node,
+        no_ebpf: bool,
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let dir = TempDir(std::env::temp_dir().join(format!(
             "cedille-bench-agent-{}-{}",
             std::process::id(),
@@ -386,12 +391,12 @@ impl Agent {
 }
 
 /// Sets `kernel.bpf_stats_enabled` for the benchmark's duration, restoring it after.
-struct BpfStats(String);
+pub(crate) struct BpfStats(String);
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
+    pub(crate) fn enable() -> anyhow::Result<BpfStats> {
         let old = std::fs::read_to_string(BPF_STATS).context(BPF_STATS)?;
         std::fs::write(BPF_STATS, "1").context(BPF_STATS)?;
         Ok(BpfStats(old.trim().to_owned()))

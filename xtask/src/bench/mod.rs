@@ -3,7 +3,7 @@
 //! from run to run while CPU time per unit of work is stable, so the figures that count are
 //! CPU per request (or per handshake, per connection) and latency at a fixed rate.
 
-mod agent;
+pub(crate) mod agent;
 mod gateway;
 mod kubernetes;
 
