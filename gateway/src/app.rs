@@ -141,6 +141,7 @@ async fn control_loop(
         state.metrics.clone(),
         settings.limits.clone(),
         settings.max_connections,
+        crate::telemetry::Tracer::from_env(),
     );
     let mut env = Env::default();
     let (mut source, mut cluster) = match &settings.mode {

@@ -131,6 +131,14 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
+    /// The path as the route wrote it: the exact path, the prefix, or the expression.
+    pub fn pattern(&self) -> String {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+            PathMatch::Regex(r) => r.as_str().to_owned(),
+        }
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => path == p,

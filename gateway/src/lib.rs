@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod validate;
 

@@ -82,6 +82,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // The Helm chart: lint, render, schemas, RBAC against the binaries, installed into the
     // test API server and both binaries started with its arguments.
     crate::chart::run()?;
+    // The Grafana dashboards against a real Prometheus scraping the real binaries.
+    crate::dashboards::run()?;
     // The README's main command, with its curl commands.
     crate::example::run(crate::example::Args { check: true })?;
 

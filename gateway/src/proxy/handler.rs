@@ -8,7 +8,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
 use tracing::{debug, info};
@@ -17,6 +19,7 @@ use super::{Body, BoxError, empty, full, headers, upstream::Upstreams};
 use crate::{
     ir::{self, BackendKind, Filter, PathMatch, PathRewrite, PortConfig, Protocol, RouteEntry},
     metrics::{Metrics, RouteMetrics, Unmatched, UpstreamError, protocol_index},
+    telemetry::{Span, Tracer},
 };
 
 /// Largest request body buffered for retries and mirrors.
@@ -27,6 +30,8 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Shared {
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
+    /// Request tracing, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// What the connection a request arrived on knows.
@@ -68,7 +73,28 @@ pub async fn handle(
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
 
-    let resp = route(shared, port, conn, req).await;
+    let resp = match shared.tracer.clone() {
+        None => route(shared, port, conn, req, None).await,
+        Some(tracer) => {
+            let span = tracer.start(req.headers(), req.method().as_str().to_owned());
+            span.set("http.request.method", req.method().as_str());
+            span.set("url.path", req.uri().path());
+            span.set("url.scheme", if conn.tls { "https" } else { "http" });
+            span.set(
+                "network.protocol.version",
+                match req.version() {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_3 => "3",
+                    _ => "1.1",
+                },
+            );
+            span.set("client.address", conn.peer.ip().to_string());
+            let resp = route(shared, port, conn, req, Some(&span)).await;
+            span.set("http.response.status_code", i64::from(resp.status().as_u16()));
+            tracer.finish(span, resp.status().is_server_error());
+            resp
+        }
+    };
 
     if head {
         // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
@@ -83,6 +109,7 @@ async fn route(
     port: Arc<PortConfig>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    span: Option<&Span>,
 ) -> Response<Body> {
     let start = Instant::now();
     let protocol = protocol_index(req.version());
@@ -135,6 +162,18 @@ async fn route(
         );
     };
     let rule = entry.rule.clone();
+    if let Some(span) = span {
+        span.set("server.address", host.clone());
+        span.set(
+            "cedille.route",
+            format!("{}/{}", rule.route.namespace, rule.route.name),
+        );
+        span.set(
+            "cedille.gateway",
+            format!("{}/{}", rule.route.parent_namespace, rule.route.parent_name),
+        );
+        span.set("http.route", entry.matcher.path.pattern());
+    }
     let metrics = rule
         .metrics
         .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)))
@@ -142,7 +181,7 @@ async fn route(
     // Captured for the access log only when it is on.
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let fut = process(&shared, &port, &conn, entry, req, host, &metrics);
+    let fut = process(&shared, &port, &conn, entry, req, host, &metrics, span);
     let resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
@@ -232,6 +271,7 @@ async fn process(
     mut req: Request<Incoming>,
     host: String,
     metrics: &RouteMetrics,
+    span: Option<&Span>,
 ) -> Response<Body> {
     let rule = &entry.rule;
     // An HTTP/1.1 protocol upgrade (WebSocket): forwarded, then the two connections are
@@ -364,6 +404,17 @@ async fn process(
         parts.headers.insert(header::HOST, v);
     }
     append_forwarded(&mut parts.headers, conn, scheme);
+    if let Some(span) = span {
+        // The backend continues the trace with the gateway's span as its parent;
+        // `tracestate` passes through untouched.
+        parts
+            .headers
+            .insert(HeaderName::from_static("traceparent"), span.traceparent());
+        span.set(
+            "cedille.backend",
+            format!("{}/{}:{}", target.namespace, target.service, target.port),
+        );
+    }
 
     // Bodies are buffered only when a retry or a mirror needs to send them again.
     let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
@@ -427,6 +478,9 @@ async fn process(
             );
         };
         last_addr = Some(addr);
+        if let Some(span) = span {
+            span.set("cedille.backend.address", addr.to_string());
+        }
         let body = match (&buffered, streamed.take()) {
             (Some(b), _) => full(b.clone()),
             (None, Some(s)) => s,

@@ -37,11 +37,17 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    pub fn new(metrics: Arc<Metrics>, limits: Limits, max_connections: usize) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        max_connections: usize,
+        tracer: Option<Arc<crate::telemetry::Tracer>>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 upstreams: Upstreams::new(),
                 metrics,
+                tracer,
             }),
             limits,
             connections: Arc::new(Semaphore::new(max_connections)),
