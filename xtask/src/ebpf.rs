@@ -13,11 +13,13 @@ const TARGET: &str = "bpfel-unknown-none";
 pub fn build() -> anyhow::Result<PathBuf> {
     let target_dir = root().join("target").join("ebpf");
     let target_dir_s = target_dir.to_str().context("non-UTF-8 workspace path")?;
+    // The nightly scripts/setup.sh prepared (CEDILLE_NIGHTLY, as there; `nightly` by default).
+    let nightly = std::env::var("CEDILLE_NIGHTLY").unwrap_or_else(|_| "nightly".into());
     let mut cmd = Cmd::new(
         "rustup",
         &[
             "run",
-            "nightly",
+            &nightly,
             "cargo",
             "build",
             "--package",
