@@ -87,7 +87,10 @@ async fn gateway(receiver: &Receiver, sampler: &[(&str, &str)]) -> Gateway {
     cmd.arg("--config-dir")
         .arg(dir.path())
         .args(["--admin-addr", &admin.to_string()])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
         .env("OTEL_SERVICE_NAME", "edge")
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
         .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -98,7 +101,9 @@ async fn gateway(receiver: &Receiver, sampler: &[(&str, &str)]) -> Gateway {
     }
     let child = cmd.spawn().unwrap();
     eventually(Duration::from_secs(10), || async {
-        support::get(admin, "/readyz").await.is_ok_and(|(s, _)| s == 200)
+        support::get(admin, "/readyz")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
     })
     .await
     .expect("gateway ready");
@@ -111,9 +116,17 @@ async fn gateway(receiver: &Receiver, sampler: &[(&str, &str)]) -> Gateway {
 
 /// A GET through the gateway; the `traceparent` the backend received.
 async fn traced(port: u16, path: &str, traceparent: Option<&str>) -> (u16, Option<String>) {
-    let mut c = support::Conn::open(([127, 0, 0, 1], port).into()).await.unwrap();
-    let headers: Vec<(&str, &str)> = traceparent.map(|t| ("traceparent", t)).into_iter().collect();
-    let (code, _, body) = c.request("GET", path, &headers, bytes::Bytes::new()).await.unwrap();
+    let mut c = support::Conn::open(([127, 0, 0, 1], port).into())
+        .await
+        .unwrap();
+    let headers: Vec<(&str, &str)> = traceparent
+        .map(|t| ("traceparent", t))
+        .into_iter()
+        .collect();
+    let (code, _, body) = c
+        .request("GET", path, &headers, bytes::Bytes::new())
+        .await
+        .unwrap();
     let seen = json(&body)["headers"]["Traceparent"][0]
         .as_str()
         .map(str::to_owned);
@@ -137,7 +150,10 @@ async fn one_server_span_per_request_with_trace_context_in_and_out() {
     assert_eq!(flags, "01");
     let span = receiver.next(Duration::from_secs(5)).expect("a span");
     assert_eq!(span["trace_id"], trace);
-    assert_eq!(span["span_id"], parent, "the backend's parent is the gateway's span");
+    assert_eq!(
+        span["span_id"], parent,
+        "the backend's parent is the gateway's span"
+    );
     assert_eq!(span["parent_span_id"], "", "a root span");
     assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
     assert_eq!(span["name"], "GET");
@@ -161,7 +177,10 @@ async fn one_server_span_per_request_with_trace_context_in_and_out() {
     assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
     let span = receiver.next(Duration::from_secs(5)).expect("a span");
     assert_eq!(span["trace_id"], trace);
-    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7", "child of the caller's span");
+    assert_eq!(
+        span["parent_span_id"], "00f067aa0ba902b7",
+        "child of the caller's span"
+    );
     assert_eq!(span["span_id"], parent);
     assert_ne!(parent, "00f067aa0ba902b7");
 
@@ -173,13 +192,19 @@ async fn one_server_span_per_request_with_trace_context_in_and_out() {
     )
     .await;
     let (trace, _, flags) = parts(&seen.unwrap());
-    assert_eq!((trace.as_str(), flags.as_str()), ("11111111111111111111111111111111", "00"));
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        ("11111111111111111111111111111111", "00")
+    );
 
     // A 5xx is an error span.
     let (code, _) = traced(gw.port, "/status/503", None).await;
     assert_eq!(code, 503);
     let span = receiver.next(Duration::from_secs(5)).expect("a span");
-    assert_eq!(span["attributes"]["url.path"], "/status/503", "the unsampled request left no span");
+    assert_eq!(
+        span["attributes"]["url.path"], "/status/503",
+        "the unsampled request left no span"
+    );
     assert_eq!(span["status_code"], 2, "STATUS_CODE_ERROR");
     drop(gw);
 }
@@ -207,7 +232,9 @@ async fn the_sampling_ratio_applies_to_new_traces() {
     )
     .await;
     assert!(seen.unwrap().ends_with("-01"));
-    let span = receiver.next(Duration::from_secs(5)).expect("the parent-sampled span");
+    let span = receiver
+        .next(Duration::from_secs(5))
+        .expect("the parent-sampled span");
     assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(
         receiver.next(Duration::from_millis(1500)).is_none(),

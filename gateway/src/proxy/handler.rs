@@ -90,7 +90,10 @@ pub async fn handle(
             );
             span.set("client.address", conn.peer.ip().to_string());
             let resp = route(shared, port, conn, req, Some(&span)).await;
-            span.set("http.response.status_code", i64::from(resp.status().as_u16()));
+            span.set(
+                "http.response.status_code",
+                i64::from(resp.status().as_u16()),
+            );
             tracer.finish(span, resp.status().is_server_error());
             resp
         }

@@ -61,7 +61,11 @@ pub struct TraceParent {
 }
 
 fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     let mut out = [0u8; N];
@@ -212,7 +216,10 @@ impl Tracer {
             "parentbased_traceidratio" => (Sampler::Ratio(ratio), true),
             "parentbased_always_on" => (Sampler::AlwaysOn, true),
             other => {
-                warn!(sampler = other, "unknown OTEL_TRACES_SAMPLER; using parentbased_always_on");
+                warn!(
+                    sampler = other,
+                    "unknown OTEL_TRACES_SAMPLER; using parentbased_always_on"
+                );
                 (Sampler::AlwaysOn, true)
             }
         };
@@ -309,7 +316,10 @@ impl Tracer {
             name: span.name,
             start: span.start,
             end: SystemTime::now(),
-            attributes: span.attributes.into_inner().unwrap_or_else(|e| e.into_inner()),
+            attributes: span
+                .attributes
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
             error,
         };
         if self.tx.try_send(done).is_err() {
@@ -350,7 +360,10 @@ mod tests {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
         // A later version may carry more fields.
-        assert!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x").is_some());
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x")
+                .is_some()
+        );
     }
 
     #[test]
@@ -378,7 +391,10 @@ mod tests {
         );
         let s = t.start(&h, "GET".into());
         assert!(!s.context.sampled);
-        assert_eq!(s.parent, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(
+            s.parent,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
         assert_eq!(s.context.trace_id[0], 0x4b);
     }
 }

@@ -76,7 +76,9 @@ pub async fn export(
                     Ok(Ok(resp)) => {
                         warn!(status = %resp.status(), spans = n, "the OTLP collector refused spans; dropped")
                     }
-                    Ok(Err(e)) => warn!(error = %e, spans = n, "cannot reach the OTLP collector; spans dropped"),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, spans = n, "cannot reach the OTLP collector; spans dropped")
+                    }
                     Err(_) => warn!(spans = n, "OTLP export timed out; spans dropped"),
                 },
                 Err(e) => warn!(error = %e, "bad OTLP header; spans dropped"),
