@@ -235,6 +235,10 @@ impl ApiServer {
         r
     }
 
+    fn resource(&self, api_version: &str, kind: &str) -> Result<(String, String), ApiError> {
+        self.resource_of(&serde_json::json!({"apiVersion": api_version, "kind": kind}))
+    }
+
     /// The resource, namespace ("" for cluster scope) and name `obj` names.
     fn locate(&self, obj: &Value) -> Result<((String, String), String, String), ApiError> {
         let res = self.resource_of(obj)?;
@@ -309,15 +313,13 @@ impl ApiServer {
         namespace: &str,
         name: &str,
     ) -> Result<Value, ApiError> {
-        let res =
-            self.resource_of(&serde_json::json!({"apiVersion": api_version, "kind": kind}))?;
+        let res = self.resource(api_version, kind)?;
         self.shared.lock().get(&res, namespace, name)
     }
 
     /// Every object of `api_version`/`kind`.
     pub fn list(&self, api_version: &str, kind: &str) -> Result<Vec<Value>, ApiError> {
-        let res =
-            self.resource_of(&serde_json::json!({"apiVersion": api_version, "kind": kind}))?;
+        let res = self.resource(api_version, kind)?;
         Ok(self.shared.lock().snapshot(&res, None))
     }
 
@@ -328,8 +330,7 @@ impl ApiServer {
         namespace: &str,
         name: &str,
     ) -> Result<Value, ApiError> {
-        let res =
-            self.resource_of(&serde_json::json!({"apiVersion": api_version, "kind": kind}))?;
+        let res = self.resource(api_version, kind)?;
         let r = self.shared.lock().delete(&res, namespace, name, None);
         self.shared.notify();
         r

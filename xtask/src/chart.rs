@@ -255,6 +255,31 @@ fn wrong_values() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first container of the rendered `kind` (Deployment or DaemonSet), its arguments and
+/// the admin port they set.
+fn container<'a>(
+    objects: &'a [Value],
+    kind: &str,
+) -> anyhow::Result<(&'a Value, Vec<String>, u16)> {
+    let workload = objects
+        .iter()
+        .find(|o| s(o, "/kind") == kind)
+        .with_context(|| format!("a rendered {kind}"))?;
+    let container = &workload["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let admin_port: u16 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--admin-addr=0.0.0.0:"))
+        .and_then(|p| p.parse().ok())
+        .context("--admin-addr in the rendered args")?;
+    Ok((container, args, admin_port))
+}
+
 /// (cluster?, group, resource, verb) of every rule.
 fn grants(rules: &[Value], cluster: bool) -> BTreeSet<(bool, String, String, String)> {
     let mut out = BTreeSet::new();
@@ -329,17 +354,8 @@ fn rbac(objects: &[Value]) -> anyhow::Result<()> {
 /// The rendered chart applied to the test API server with kubectl, and the gateway
 /// started as the Deployment would start it.
 async fn install(work: &Path, objects: &[Value]) -> anyhow::Result<()> {
-    let crds = crate::conformance::data_dir()?.join("crds");
-    let api = cedille_apiserver::ApiServer::start(
-        "127.0.0.1:0".parse()?,
-        cedille_apiserver::Options {
-            crds: cedille_apiserver::load_crds(&crds)?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let api = crate::cluster::api_server(work).await?;
     let kubeconfig = work.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
     let kubectl = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
@@ -385,22 +401,7 @@ async fn install(work: &Path, objects: &[Value]) -> anyhow::Result<()> {
     println!("chart: kubectl apply --server-side of the rendered chart: {count} objects");
 
     // The gateway as its Deployment runs it (in-cluster credentials replaced by KUBECONFIG).
-    let deployment = objects
-        .iter()
-        .find(|o| s(o, "/kind") == "Deployment")
-        .context("a gateway Deployment")?;
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .collect();
-    let admin_port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--admin-addr=0.0.0.0:"))
-        .and_then(|p| p.parse().ok())
-        .context("--admin-addr in the rendered args")?;
+    let (container, args, admin_port) = container(objects, "Deployment")?;
     let mut cmd = tokio::process::Command::new(root().join("target/debug/cedille-gateway"));
     cmd.args(&args)
         .env("KUBECONFIG", &kubeconfig)
@@ -474,22 +475,7 @@ async fn agent(work: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
         bail!("helm template: {}", String::from_utf8_lossy(&out.stderr));
     }
     let objects = docs(&out.stdout)?;
-    let ds = objects
-        .iter()
-        .find(|o| s(o, "/kind") == "DaemonSet")
-        .context("an agent DaemonSet")?;
-    let container = &ds["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .collect();
-    let admin_port: u16 = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--admin-addr=0.0.0.0:"))
-        .and_then(|p| p.parse().ok())
-        .context("--admin-addr in the rendered args")?;
+    let (container, args, admin_port) = container(&objects, "DaemonSet")?;
     std::fs::create_dir_all(bpffs)?;
     let obj = crate::ebpf::build()?;
     cargo(&["build", "-p", "cedille-agent"])

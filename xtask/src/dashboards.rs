@@ -23,8 +23,7 @@ use std::{
 use anyhow::{Context, bail};
 use base64::Engine;
 use bytes::Bytes;
-use cedille_apiserver::{ApiServer, Options};
-use cedille_echo::{Echo, EchoConfig};
+use cedille_apiserver::ApiServer;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
@@ -291,25 +290,9 @@ impl Drop for Gateway {
 
 impl Gateway {
     async fn start(work: &Path) -> anyhow::Result<Gateway> {
-        let crds = crate::conformance::data_dir()?.join("crds");
-        let api = ApiServer::start(
-            "127.0.0.1:0".parse()?,
-            Options {
-                crds: cedille_apiserver::load_crds(&crds)?,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let api = crate::cluster::api_server(work).await?;
         let kubeconfig = work.join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)?;
-        let echo = Arc::new(Echo::new(EchoConfig {
-            pod: "echo-0".into(),
-            namespace: "default".into(),
-            service: "echo".into(),
-        }));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let backend = l.local_addr()?;
-        tokio::spawn(cedille_echo::serve(l, echo, None, std::future::pending()));
+        let backend = crate::cluster::echo().await?;
         let free = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?

@@ -3,6 +3,7 @@
 
 mod bench;
 mod chart;
+mod cluster;
 mod conformance;
 mod dashboards;
 mod ebpf;

@@ -184,7 +184,11 @@ async fn route(
     // Captured for the access log only when it is on.
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let fut = process(&shared, &port, &conn, entry, req, host, &metrics, span);
+    let observe = Observe {
+        metrics: &metrics,
+        span,
+    };
+    let fut = process(&shared, &port, &conn, entry, req, host, observe);
     let resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
@@ -273,9 +277,9 @@ async fn process(
     entry: &RouteEntry,
     mut req: Request<Incoming>,
     host: String,
-    metrics: &RouteMetrics,
-    span: Option<&Span>,
+    observe: Observe<'_>,
 ) -> Response<Body> {
+    let Observe { metrics, span } = observe;
     let rule = &entry.rule;
     // An HTTP/1.1 protocol upgrade (WebSocket): forwarded, then the two connections are
     // joined once the backend agrees.
@@ -573,6 +577,12 @@ async fn process(
             .boxed();
         return Response::from_parts(rparts, rbody);
     }
+}
+
+/// What records a request: its route's metrics, and its span when tracing.
+struct Observe<'a> {
+    metrics: &'a RouteMetrics,
+    span: Option<&'a Span>,
 }
 
 /// Adds a body frame's data length to `counter`.

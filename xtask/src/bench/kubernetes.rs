@@ -12,14 +12,12 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::Stdio,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use cedille_apiserver::{ApiServer, Options};
-use cedille_echo::{Echo, EchoConfig};
+use cedille_apiserver::ApiServer;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
@@ -167,28 +165,12 @@ async fn wait(
 }
 
 async fn bench(changes: usize) -> anyhow::Result<()> {
-    let data = crate::conformance::data_dir()?;
     let work = root().join("target/bench-kubernetes");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let api = ApiServer::start(
-        "127.0.0.1:0".parse()?,
-        Options {
-            crds: cedille_apiserver::load_crds(&data.join("crds"))?,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let api = crate::cluster::api_server(&work).await?;
     let kubeconfig = work.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let echo = Arc::new(Echo::new(EchoConfig {
-        pod: "echo-0".into(),
-        namespace: "default".into(),
-        service: "echo".into(),
-    }));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let backend = l.local_addr()?;
-    tokio::spawn(cedille_echo::serve(l, echo, None, std::future::pending()));
+    let backend = crate::cluster::echo().await?;
     let port = free_port()?;
     for obj in [
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
