@@ -298,7 +298,6 @@ fn start_cluster(
         connected.versions.clone(),
         metrics.clone(),
     );
-    status::log_start(&connected.versions);
     let tasks = vec![
         tokio::spawn(elector.run(stop_rx.clone())),
         tokio::spawn(writer.run(jobs_rx, leader.clone(), stop_rx)),

@@ -93,10 +93,6 @@ impl<C: Catalog> DirSource<C> {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// True once the directory has been read.
     pub fn synced(&self) -> bool {
         self.synced

@@ -35,7 +35,6 @@ pub struct WatchSpec<K> {
     /// Only this namespace (else the whole cluster).
     pub namespace: Option<String>,
     pub field_selector: Option<String>,
-    pub label_selector: Option<String>,
 }
 
 impl<K> WatchSpec<K> {
@@ -45,7 +44,6 @@ impl<K> WatchSpec<K> {
             version: version.to_owned(),
             namespace: None,
             field_selector: None,
-            label_selector: None,
         }
     }
 
@@ -126,10 +124,6 @@ impl<C: Catalog> KubeSource<C> {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Starts watching. The watch runs until [`KubeSource::unwatch`] or the source is
     /// dropped.
     pub fn watch(&mut self, spec: WatchSpec<C::Kind>) -> u64 {
@@ -144,9 +138,6 @@ impl<C: Catalog> KubeSource<C> {
         let mut config = watcher::Config::default();
         if let Some(f) = &spec.field_selector {
             config = config.fields(f);
-        }
-        if let Some(l) = &spec.label_selector {
-            config = config.labels(l);
         }
         let tx = self.tx.clone();
         let label = format!("{}", spec.kind);

@@ -58,10 +58,6 @@ impl<C: Catalog> Source<C> {
             Source::Kube(k) => k.synced(),
         }
     }
-
-    pub fn is_kube(&self) -> bool {
-        matches!(self, Source::Kube(_))
-    }
 }
 
 #[cfg(test)]

@@ -285,9 +285,4 @@ impl<C: Catalog> Store<C> {
         self.sources.remove(source);
         changed
     }
-
-    /// The sources currently known, in order.
-    pub fn sources(&self) -> impl Iterator<Item = &str> {
-        self.sources.keys().map(String::as_str)
-    }
 }

@@ -24,7 +24,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::lease::is_code;
 use crate::{
@@ -395,13 +395,6 @@ fn conditions(desired: &mut Value, server: &Value) {
             m.insert("lastTransitionTime".into(), t.clone());
         }
     }
-}
-
-pub fn log_start(versions: &BTreeMap<Kind, String>) {
-    info!(
-        kinds = versions.len(),
-        "status writer ready; writes only while leader"
-    );
 }
 
 #[cfg(test)]

@@ -179,15 +179,11 @@ async fn route(
     }
     let metrics = rule
         .metrics
-        .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)))
-        .clone();
+        .get_or_init(|| Arc::new(shared.metrics.route(&rule.route)));
     // Captured for the access log only when it is on.
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let observe = Observe {
-        metrics: &metrics,
-        span,
-    };
+    let observe = Observe { metrics, span };
     let fut = process(&shared, &port, &conn, entry, req, host, observe);
     let resp = match rule.request_timeout {
         Some(t) => tokio::time::timeout(t, fut)
