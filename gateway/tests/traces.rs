@@ -64,7 +64,8 @@ impl Receiver {
 }
 
 struct Gateway {
-    child: tokio::process::Child,
+    /// Killed when the test drops it.
+    _child: tokio::process::Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -108,7 +109,7 @@ async fn gateway(receiver: &Receiver, sampler: &[(&str, &str)]) -> Gateway {
     .await
     .expect("gateway ready");
     Gateway {
-        child,
+        _child: child,
         port,
         _dir: dir,
     }
