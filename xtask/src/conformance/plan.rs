@@ -390,13 +390,33 @@ fn echoed(resp: &client::Resp) -> Value {
     serde_json::from_slice(&resp.body).unwrap_or(Value::Null)
 }
 
-/// 500 requests; each backend's share must be within 5 points of its weight.
+/// Batches of 500 requests; each backend's share must be within 5 points of its weight in
+/// one of up to 10 batches, as the upstream HTTPRouteWeight test retries its sampling.
 async fn check_distribution(
     ctx: &Ctx,
     c: &Planned,
     target: &Target,
     want: &serde_json::Map<String, Value>,
 ) -> Result<(), String> {
+    const BATCHES: usize = 10;
+    let mut last = String::new();
+    for _ in 0..BATCHES {
+        match distribution_batch(ctx, c, target, want).await? {
+            None => return Ok(()),
+            Some(why) => last = why,
+        }
+    }
+    Err(format!("{last} (in each of {BATCHES} batches)"))
+}
+
+/// One batch: `Ok(None)` within tolerance, `Ok(Some(why))` outside it, `Err` for a request
+/// that failed outright.
+async fn distribution_batch(
+    ctx: &Ctx,
+    c: &Planned,
+    target: &Target,
+    want: &serde_json::Map<String, Value>,
+) -> Result<Option<String>, String> {
     const N: usize = 500;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for i in 0..N {
@@ -414,19 +434,19 @@ async fn check_distribution(
         let backend = pod.rsplitn(3, '-').nth(2).unwrap_or("").to_owned();
         *counts.entry(backend).or_default() += 1;
     }
+    if let Some(extra) = counts.keys().find(|k| !want.contains_key(*k)) {
+        return Err(format!("weights: unexpected backend {extra}: {counts:?}"));
+    }
     for (backend, pct) in want {
         let pct = pct.as_f64().unwrap_or(0.0);
         let got = *counts.get(backend).unwrap_or(&0) as f64 * 100.0 / N as f64;
         if (got - pct).abs() > 5.0 {
-            return Err(format!(
+            return Ok(Some(format!(
                 "weights: {backend} got {got:.1}% of requests, expected {pct}% (+/-5): {counts:?}"
-            ));
+            )));
         }
     }
-    if let Some(extra) = counts.keys().find(|k| !want.contains_key(*k)) {
-        return Err(format!("weights: unexpected backend {extra}: {counts:?}"));
-    }
-    Ok(())
+    Ok(None)
 }
 
 /// 100 requests; the `Backend` request header set by the chosen backendRef's filter must
@@ -449,8 +469,9 @@ async fn check_backend_header(ctx: &Ctx, c: &Planned, target: &Target) -> Result
     Ok(())
 }
 
-/// Every mirror backend received the request (or, with a percentage, about that share of
-/// a batch of requests).
+/// Every mirror backend received the request; with a percentage, about that share (within
+/// three standard deviations) of a batch of 500, in one of up to 5 batches, as the upstream
+/// HTTPRouteRequestPercentageMirror test retries its batches.
 async fn check_mirrors(
     ctx: &Ctx,
     c: &Planned,
@@ -458,40 +479,79 @@ async fn check_mirrors(
     mirrors: &[Value],
 ) -> Result<(), String> {
     for m in mirrors {
-        let backend = str_of(m, "/BackendRef/Name").unwrap_or("");
-        let ns = str_of(m, "/BackendRef/Namespace").unwrap_or("gateway-conformance-infra");
-        let pods = ctx.world.pods_of(ns, backend);
         let percent = m.pointer("/Percent/args/0").and_then(Value::as_f64);
-        let tag = format!("{:032x}", rand::random::<u128>());
-        let sep = if c.req.path.contains('?') { '&' } else { '?' };
-        let mut req = c.req.clone();
-        req.path = format!("{}{sep}conformance-request-id={tag}", c.req.path);
-        let n = if percent.is_some() { 500 } else { 1 };
-        for _ in 0..n {
-            let _ = client::send(target, &req, &ctx.pinned).await;
+        let batches = if percent.is_some() { 5 } else { 1 };
+        let mut last = String::new();
+        let mut passed = false;
+        for _ in 0..batches {
+            match mirror_batch(ctx, c, target, m, percent).await {
+                None => {
+                    passed = true;
+                    break;
+                }
+                Some(why) => last = why,
+            }
         }
-        let expected = percent.map_or(1.0, |p| n as f64 * p / 100.0);
-        let tolerance = percent.map_or(0.0, |p| {
-            3.0 * (n as f64 * p / 100.0 * (1.0 - p / 100.0)).sqrt()
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen: usize = pods
-                .iter()
-                .map(|p| p.echo.seen().iter().filter(|s| **s == req.path).count())
-                .sum();
-            if (seen as f64 - expected).abs() <= tolerance {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "mirror {ns}/{backend} received {seen} of {n} requests, expected about {expected:.0}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !passed {
+            return Err(if batches > 1 {
+                format!("{last} (in each of {batches} batches)")
+            } else {
+                last
+            });
         }
     }
     Ok(())
+}
+
+/// One batch of requests, tagged so that only its own mirrors are counted: `None` when the
+/// mirror received the expected number, else why not.
+async fn mirror_batch(
+    ctx: &Ctx,
+    c: &Planned,
+    target: &Target,
+    m: &Value,
+    percent: Option<f64>,
+) -> Option<String> {
+    let backend = str_of(m, "/BackendRef/Name").unwrap_or("");
+    let ns = str_of(m, "/BackendRef/Namespace").unwrap_or("gateway-conformance-infra");
+    let pods = ctx.world.pods_of(ns, backend);
+    let tag = format!("{:032x}", rand::random::<u128>());
+    let sep = if c.req.path.contains('?') { '&' } else { '?' };
+    let mut req = c.req.clone();
+    req.path = format!("{}{sep}conformance-request-id={tag}", c.req.path);
+    let n = if percent.is_some() { 500 } else { 1 };
+    for _ in 0..n {
+        let _ = client::send(target, &req, &ctx.pinned).await;
+    }
+    let expected = percent.map_or(1.0, |p| n as f64 * p / 100.0);
+    let tolerance = percent.map_or(0.0, |p| {
+        3.0 * (n as f64 * p / 100.0 * (1.0 - p / 100.0)).sqrt()
+    });
+    // Mirrors arrive asynchronously: wait until the count is right, or (for a batch) has
+    // stopped moving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut previous = usize::MAX;
+    let mut steady_since = Instant::now();
+    loop {
+        let seen: usize = pods
+            .iter()
+            .map(|p| p.echo.seen().iter().filter(|s| **s == req.path).count())
+            .sum();
+        if (seen as f64 - expected).abs() <= tolerance {
+            return None;
+        }
+        if seen != previous {
+            previous = seen;
+            steady_since = Instant::now();
+        }
+        let settled = percent.is_some() && steady_since.elapsed() > Duration::from_secs(2);
+        if Instant::now() > deadline || settled {
+            return Some(format!(
+                "mirror {ns}/{backend} received {seen} of {n} requests, expected about {expected:.0}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Applies a mid-test step to the manifest list.
