@@ -120,20 +120,35 @@ async fn connect(node_name: &str) -> KubeSource<Object> {
             }
         }
     };
-    info!(node = %node_name, "watching this node's pods, Namespaces, Services and EndpointSlices");
-    watch(client, node_name)
+    let policies = loop {
+        match cedille_objects::discovery::served_versions::<Object>(&client).await {
+            Ok(v) => break v.contains_key(&Kind::AuthorizationPolicy),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "API discovery failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    if !policies {
+        warn!(
+            "the API server does not serve cedille.io/v1alpha1 AuthorizationPolicy (is the chart's CRD installed?): no authorization policy applies; restart the agent once it is"
+        );
+    }
+    info!(node = %node_name, policies, "watching Pods, Namespaces, Services, EndpointSlices and AuthorizationPolicies");
+    watch(client, policies)
 }
 
-/// The agent's watches: this node's pods only (never every pod in the cluster), and every
-/// Namespace, Service and EndpointSlice.
-pub fn watch(client: kube::Client, node_name: &str) -> KubeSource<Object> {
+/// The agent's watches: every Pod (this node's are enrolled; the others say where HBONE goes
+/// and which identity a destination must prove), Namespace, Service and EndpointSlice, and
+/// AuthorizationPolicy when the cluster serves it.
+pub fn watch(client: kube::Client, policies: bool) -> KubeSource<Object> {
     let mut source = KubeSource::new(client);
     for kind in Kind::ALL {
-        let spec = WatchSpec::new(kind, kind.info().versions[0]);
-        source.watch(match kind {
-            Kind::Pod => spec.fields(format!("spec.nodeName={node_name}")),
-            _ => spec,
-        });
+        if kind == Kind::AuthorizationPolicy && !policies {
+            continue;
+        }
+        source.watch(WatchSpec::new(kind, kind.info().versions[0]));
     }
     source
 }
@@ -186,6 +201,8 @@ fn admin(node: &Node, ready: bool, req: Request<hyper::body::Incoming>) -> Respo
         "/config" => {
             let v = serde_json::json!({
                 "pods": node.report(),
+                "identities": node.identities(),
+                "mtls": node.mtls_report(),
                 "recentConnections": node.recent_connections(),
                 "invalidManifests": node.invalid_manifests(),
             });
@@ -241,12 +258,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_pod_watch_asks_for_this_nodes_pods_only() {
+    async fn the_watches_list_then_watch_every_kind() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let mut source = watch(kube::Client::new(svc, "default"), "node-1");
+        let mut source = watch(kube::Client::new(svc, "default"), true);
         let mut pods = None;
-        // Four watches list first; answer each, keep the pod one.
-        for _ in 0..4 {
+        // Five watches list first; answer each, keep the pod one.
+        for _ in 0..5 {
             let (req, send) = handle.next_request().await.unwrap();
             let path = req.uri().path().to_owned();
             let list_kind = match path.as_str() {
@@ -254,16 +271,11 @@ mod tests {
                 "/api/v1/namespaces" => "NamespaceList",
                 "/api/v1/services" => "ServiceList",
                 "/apis/discovery.k8s.io/v1/endpointslices" => "EndpointSliceList",
+                "/apis/cedille.io/v1alpha1/authorizationpolicies" => "AuthorizationPolicyList",
                 other => panic!("unexpected request {other}"),
             };
             if path == "/api/v1/pods" {
-                assert_eq!(
-                    query(req.uri()),
-                    map(&[
-                        ("fieldSelector", "spec.nodeName%3Dnode-1"),
-                        ("limit", "500")
-                    ])
-                );
+                assert_eq!(query(req.uri()), map(&[("limit", "500")]));
                 pods = Some(());
             }
             let items = if path == "/api/v1/pods" {
@@ -283,7 +295,7 @@ mod tests {
         assert!(pods.is_some(), "the pods were listed");
         // Then each watches from the list's resourceVersion; the pod watch keeps the selector.
         let mut saw_pod_watch = false;
-        for _ in 0..4 {
+        for _ in 0..5 {
             let (req, _send) = handle.next_request().await.unwrap();
             if req.uri().path() == "/api/v1/pods" {
                 assert_eq!(
@@ -291,7 +303,6 @@ mod tests {
                     map(&[
                         ("watch", "true"),
                         ("timeoutSeconds", "290"),
-                        ("fieldSelector", "spec.nodeName%3Dnode-1"),
                         ("allowWatchBookmarks", "true"),
                         ("resourceVersion", "12"),
                     ])

@@ -4,11 +4,16 @@
 pub mod app;
 pub mod cgroups;
 pub mod datapath;
+pub mod enroll;
+pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod objects;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
 
 /// The eBPF object embedded at build time (empty when built without `cargo xtask`).
 pub static EBPF_OBJECT: &[u8] =

@@ -1,14 +1,16 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use cedille_agent::{datapath::Datapath, metrics::Metrics, node};
-use clap::{Parser, ValueEnum};
+use cedille_agent::{datapath::Datapath, identity, metrics::Metrics, node};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing::info;
 
 /// Cedille node agent: carries enrolled pods' connections, steered into it by eBPF.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Directory of Pod, Namespace, Service and EndpointSlice manifests (watched).
     #[arg(long, env = "CEDILLE_CONFIG_DIR", conflicts_with = "kubernetes")]
     config_dir: Option<PathBuf>,
@@ -59,6 +61,37 @@ struct Args {
     /// Print the Kubernetes permissions Kubernetes mode needs (JSON RBAC rules) and exit.
     #[arg(long, exclusive = true)]
     print_permissions: bool,
+    /// The SPIFFE trust domain of workload identities
+    /// (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>).
+    #[arg(long, env = "CEDILLE_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Identity source for standalone mode: a directory with ca.crt (the trust bundle, one
+    /// or more PEM roots) and ca.key (the signing key of one of them; ECDSA or RSA, PKCS#8,
+    /// SEC1 or PKCS#1). `cedille-agent ca init DIR` makes a development CA.
+    #[arg(long, env = "CEDILLE_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of the workload certificates the agent requests; renewed at half of it.
+    #[arg(long, env = "CEDILLE_SVID_LIFETIME", default_value = "24h", value_parser = identity::parse_duration)]
+    svid_lifetime: std::time::Duration,
+    /// Carry meshed connections without mutual TLS (no identity source). Only for
+    /// comparisons and debugging: nothing is encrypted or authenticated.
+    #[arg(long, env = "CEDILLE_PLAINTEXT", conflicts_with = "ca_dir")]
+    plaintext: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The standalone certificate authority.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaAction {
+    /// Writes a development CA (ECDSA P-256, ten years) as DIR/ca.crt and DIR/ca.key.
+    Init { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,7 +110,25 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(Command::Ca {
+        action: CaAction::Init { dir },
+    }) = &args.command
+    {
+        identity::ca::init(dir, &args.trust_domain).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "wrote {} and {}",
+            dir.join("ca.crt").display(),
+            dir.join("ca.key").display()
+        );
+        return Ok(());
+    }
     cedille_common::init_tracing(&args.log_format, "info").map_err(anyhow::Error::msg)?;
+    if !identity::valid_td(&args.trust_domain) {
+        anyhow::bail!(
+            "--trust-domain {:?}: use lowercase letters, digits, '.', '-' and '_'",
+            args.trust_domain
+        );
+    }
     let mut datapath = Datapath::load(&args.bpf_pin_dir)
         .with_context(|| format!("loading eBPF datapath in {}", args.bpf_pin_dir.display()))?;
     let pinned = datapath.pinned_ids()?;
@@ -112,8 +163,28 @@ async fn main() -> anyhow::Result<()> {
         inbound_port: args.inbound_port,
         no_ebpf: args.no_ebpf,
     };
-    info!(pin_dir = %args.bpf_pin_dir.display(), pinned = pinned.len(), policy = ?args.failure_policy, "starting; pinned attachments are adopted as their pods are enrolled");
-    let node = node::Node::new(settings, datapath, Arc::new(Metrics::new()))?;
+    let metrics = Arc::new(Metrics::new());
+    let identities = match (&args.ca_dir, args.plaintext) {
+        (Some(dir), _) => {
+            let ca =
+                identity::ca::CaDir::open(dir).map_err(|e| anyhow::anyhow!("--ca-dir: {e}"))?;
+            Some(Arc::new(identity::Identities::new(
+                Arc::new(ca),
+                &args.trust_domain,
+                args.svid_lifetime,
+                metrics.clone(),
+            )))
+        }
+        (None, true) => {
+            tracing::warn!("--plaintext: meshed connections are carried without mutual TLS");
+            None
+        }
+        (None, false) => anyhow::bail!(
+            "no identity source: give --ca-dir DIR (a CA directory; `cedille-agent ca init DIR` makes one), or --plaintext to carry connections without mutual TLS"
+        ),
+    };
+    info!(pin_dir = %args.bpf_pin_dir.display(), pinned = pinned.len(), policy = ?args.failure_policy, mtls = identities.is_some(), trust_domain = %args.trust_domain, "starting; pinned attachments are adopted as their pods are enrolled");
+    let node = node::Node::new(settings, datapath, metrics, identities)?;
     let _running = cedille_agent::app::start(mode, node_name, node, args.admin_addr).await?;
     cedille_common::shutdown_signal().await?;
     // Exiting leaves links and maps pinned: enrolled pods stay steered (fail-closed) until

@@ -3,11 +3,15 @@
 //! source (manifest directory or Kubernetes API) filled it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
-use crate::objects::{Object, Store};
+use crate::{
+    objects::{Object, Store},
+    policy::Policies,
+};
 
 /// What the agent needs from the objects: this node's pods with their enrollment decision,
 /// and Service addresses resolved to endpoints.
@@ -16,6 +20,19 @@ pub struct Mesh {
     pub pods: Vec<PodView>,
     /// (cluster IP, port) → ready endpoint addresses.
     pub services: BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    /// Every meshed pod of the cluster (any node), by IP: where HBONE goes and which
+    /// identity the destination must prove.
+    pub workloads: HashMap<IpAddr, Arc<Workload>>,
+    pub policies: Arc<Policies>,
+}
+
+/// A meshed pod anywhere in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub service_account: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,11 +41,18 @@ pub struct PodView {
     pub name: String,
     pub uid: String,
     pub ips: Vec<IpAddr>,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its namespace is labelled `cedille.io/mtls: strict`: plaintext from outside the mesh
+    /// is refused.
+    pub strict: bool,
     /// Why the pod is (or is not) meshed.
     pub enroll: Result<(), String>,
 }
 
 pub const MESH_LABEL: &str = "cedille.io/mesh";
+/// Namespace label: `strict` refuses plaintext inbound, `permissive` (default) accepts it.
+pub const MTLS_LABEL: &str = "cedille.io/mtls";
 
 impl Mesh {
     pub fn build(store: &Store, node: &str) -> Self {
@@ -36,6 +60,7 @@ impl Mesh {
         let mut pods = Vec::new();
         let mut services = Vec::new();
         let mut slices = Vec::new();
+        let mut policies = Vec::new();
         for s in store.iter() {
             match s.object.as_ref() {
                 Object::Namespace(n) => {
@@ -44,14 +69,40 @@ impl Mesh {
                 Object::Pod(p) => pods.push(p),
                 Object::Service(s) => services.push(s),
                 Object::EndpointSlice(e) => slices.push(e),
+                Object::AuthorizationPolicy(p) => policies.push(p.as_ref()),
             }
         }
-        let mut out = Mesh::default();
+        let mut out = Mesh {
+            policies: Arc::new(Policies::new(policies)),
+            ..Mesh::default()
+        };
         for p in pods {
+            let ns = p.metadata.ns().to_owned();
+            let service_account = p
+                .spec
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_owned());
+            let meshed = namespaces.get(&ns).is_some_and(|n| {
+                n.metadata.labels.get(MESH_LABEL).map(String::as_str) == Some("enabled")
+            }) && p.metadata.annotations.get(MESH_LABEL).map(String::as_str)
+                != Some("disabled")
+                && p.spec.host_network != Some(true);
+            if meshed && let Some(pod_node) = &p.spec.node_name {
+                let w = Arc::new(Workload {
+                    namespace: ns.clone(),
+                    name: p.metadata.name.clone(),
+                    node: pod_node.clone(),
+                    service_account: service_account.clone(),
+                });
+                for ip in p.ips() {
+                    out.workloads.insert(ip, w.clone());
+                }
+            }
             if p.spec.node_name.as_deref() != Some(node) {
                 continue;
             }
-            let ns = p.metadata.ns().to_owned();
             let enroll = match namespaces.get(&ns) {
                 None => Err(format!("namespace {ns} not found")),
                 Some(n)
@@ -67,13 +118,22 @@ impl Mesh {
                 {
                     Err(format!("annotated {MESH_LABEL}: disabled"))
                 }
+                Some(_) if p.spec.host_network == Some(true) => {
+                    Err("uses the host's network namespace".to_owned())
+                }
                 Some(_) => Ok(()),
             };
+            let strict = namespaces.get(&ns).is_some_and(|n| {
+                n.metadata.labels.get(MTLS_LABEL).map(String::as_str) == Some("strict")
+            });
             out.pods.push(PodView {
                 namespace: ns,
                 name: p.metadata.name.clone(),
                 uid: p.metadata.uid.clone().unwrap_or_default(),
                 ips: p.ips(),
+                service_account,
+                labels: p.metadata.labels.clone(),
+                strict,
                 enroll,
             });
         }

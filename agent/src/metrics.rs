@@ -62,6 +62,47 @@ struct ProgramLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    direction: Direction,
+    /// The SPIFFE ID of the client (`unknown` for plaintext from outside the mesh).
+    source_identity: String,
+    /// The SPIFFE ID of the server (`unknown` for a destination outside the mesh).
+    destination_identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadBytesLabels {
+    direction: Direction,
+    source_identity: String,
+    destination_identity: String,
+    flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    /// `server` (a peer connecting to our HBONE listener) or `client` (our connection out).
+    side: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    /// `namespace/name` of the deny policy that matched, `<namespace>/(no allow policy
+    /// matched)`, or `strict-mtls` for plaintext refused by a strict namespace.
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -80,6 +121,14 @@ pub struct Metrics {
     program_ns: Family<ProgramLabels, Counter<u64, AtomicU64>>,
     program_runs: Family<ProgramLabels, Counter<u64, AtomicU64>>,
     pub invalid_manifests: Gauge,
+    workload_connections: Family<WorkloadLabels, Counter>,
+    workload_bytes: Family<WorkloadBytesLabels, Counter>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
+    policy_denials: Family<PolicyLabels, Counter>,
+    cert_expiry: Family<IdentityLabels, Gauge>,
+    cert_errors: Family<IdentityLabels, Counter>,
+    hbone_responses: Family<CodeLabels, Counter>,
+    pub hbone_pool_connections: Gauge,
     /// Kernel counters as last read, so the Prometheus counters advance by the difference.
     last: Mutex<Last>,
 }
@@ -122,6 +171,14 @@ impl Metrics {
             program_ns: Family::default(),
             program_runs: Family::default(),
             invalid_manifests: Gauge::default(),
+            workload_connections: Family::default(),
+            workload_bytes: Family::default(),
+            handshake_failures: Family::default(),
+            policy_denials: Family::default(),
+            cert_expiry: Family::default(),
+            cert_errors: Family::default(),
+            hbone_responses: Family::default(),
+            hbone_pool_connections: Gauge::default(),
             last: Mutex::default(),
         };
         r.register(
@@ -176,6 +233,46 @@ impl Metrics {
             "Manifest documents currently rejected",
             m.invalid_manifests.clone(),
         );
+        r.register(
+            "workload_connections",
+            "Connections by direction and by source and destination workload identity (SPIFFE ID)",
+            m.workload_connections.clone(),
+        );
+        r.register(
+            "workload_bytes",
+            "Bytes by direction, source and destination workload identity, and flow (sent: client to server)",
+            m.workload_bytes.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Mutual TLS handshakes that failed, by side and reason (unknown_ca, expired, not_yet_valid, ca_leaf, bad_san, wrong_trust_domain, wrong_identity, bad_certificate, no_certificate, peer_refused, timeout, protocol, ...)",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "policy_denials",
+            "Connections refused or closed by authorization, by policy",
+            m.policy_denials.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each held identity's certificate expires (Unix seconds)",
+            m.cert_expiry.clone(),
+        );
+        r.register(
+            "certificate_issue_errors",
+            "Failed attempts to issue or renew an identity's certificate",
+            m.cert_errors.clone(),
+        );
+        r.register(
+            "hbone_responses",
+            "Answers of the HBONE server to CONNECT requests, by status code",
+            m.hbone_responses.clone(),
+        );
+        r.register(
+            "hbone_pool_connections",
+            "Open pooled HBONE client connections",
+            m.hbone_pool_connections.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -206,6 +303,82 @@ impl Metrics {
                 flow: "received",
             })
             .inc_by(received);
+    }
+
+    /// One connection between two workloads (identity strings, `unknown` outside the mesh).
+    pub fn workload_connection(&self, direction: Direction, source: &str, destination: &str) {
+        self.workload_connections
+            .get_or_create(&WorkloadLabels {
+                direction,
+                source_identity: source.to_owned(),
+                destination_identity: destination.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn workload_bytes(
+        &self,
+        direction: Direction,
+        source: &str,
+        destination: &str,
+        sent: u64,
+        received: u64,
+    ) {
+        for (flow, n) in [("sent", sent), ("received", received)] {
+            self.workload_bytes
+                .get_or_create(&WorkloadBytesLabels {
+                    direction,
+                    source_identity: source.to_owned(),
+                    destination_identity: destination.to_owned(),
+                    flow,
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn handshake_failure(&self, side: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { side, reason })
+            .inc();
+    }
+
+    pub fn policy_denial(&self, policy: &str) {
+        self.policy_denials
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn hbone_response(&self, code: u16) {
+        self.hbone_responses
+            .get_or_create(&CodeLabels { code })
+            .inc();
+    }
+
+    pub fn identity_issued(&self, identity: &str, expiry_unix: u64) {
+        self.cert_expiry
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_owned(),
+            })
+            .set(expiry_unix as i64);
+    }
+
+    pub fn identity_error(&self, identity: &str) {
+        self.cert_errors
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Drops the series of an identity the node no longer holds.
+    pub fn forget_identity(&self, identity: &str) {
+        let l = IdentityLabels {
+            identity: identity.to_owned(),
+        };
+        self.cert_expiry.remove(&l);
+        self.cert_errors.remove(&l);
     }
 
     /// Brings the kernel-sourced series up to date (called on each scrape).

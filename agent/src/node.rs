@@ -1,6 +1,6 @@
-//! The agent on one node: enrolls this node's meshed pods (eBPF attached to their cgroup and
-//! network namespace, listeners inside the pod), un-enrolls the rest, and carries captured
-//! connections.
+//! The agent on one node: the kernel side of enrollment (listeners inside the pod, eBPF
+//! map entries and programs, transparent delivery set-up) behind [`crate::enroll::Host`],
+//! and [`Node`], which ties enrollment, identities and the connection path together.
 //!
 //! Enrollment order keeps a pod from ever being half meshed: listeners first, then map
 //! entries, then the programs; any failure undoes what was done. Un-enrollment goes the other
@@ -8,35 +8,31 @@
 //! exist, so connections fail (fail-closed) unless the map says fail-open.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::BTreeSet,
     fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsFd,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
-use tokio::{net::TcpListener, net::TcpStream, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
     cgroups,
     datapath::{Datapath, DatapathError, SocketTarget},
+    enroll::{Enroller, Host, PodReport},
+    identity::{Identities, IdentityReport, verify},
     mesh::{Mesh, PodView},
     metrics::{Direction, Metrics},
     netns,
+    proxy::{ConnRecord, HBONE_PORT, PodCtx, Proxy},
+    routing,
 };
 
-/// The mark on the agent's own upstream sockets, so that an iptables capture rule (the
-/// sidecar-style path the benchmark compares with) can leave them alone.
-pub const AGENT_MARK: u32 = 0x539;
-/// How long an onward connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections remembered for `/config`.
-const RECENT: usize = 64;
+pub use crate::proxy::AGENT_MARK;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -51,40 +47,13 @@ pub struct Settings {
     pub no_ebpf: bool,
 }
 
-/// What the agent knows of one pod, for `/config`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodReport {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub ips: Vec<IpAddr>,
-    /// `enrolled`, `waiting` (should be, cannot be yet) or `not-enrolled`.
-    pub state: &'static str,
-    pub reason: Option<String>,
-    pub cgroup: Option<PathBuf>,
-    pub netns_cookie: Option<u64>,
-}
-
-/// A captured connection, for `/config`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnRecord {
-    pub pod: String,
-    pub direction: Direction,
-    pub client: SocketAddr,
-    pub original_dst: SocketAddr,
-    pub upstream: Option<SocketAddr>,
-    pub error: Option<String>,
-    pub at_unix_ms: u128,
-}
-
-struct Enrolled {
+pub struct Enrolled {
     id: String,
     cgroup: PathBuf,
     cookie: u64,
     slot: u32,
     addrs: Vec<IpAddr>,
+    ctx: Arc<PodCtx>,
     tasks: Vec<JoinHandle<()>>,
     /// Duplicates of the listeners' descriptors, to stop them synchronously: the aborted
     /// accept tasks drop their listeners later, and a quick re-enrollment must be able to
@@ -95,9 +64,10 @@ struct Enrolled {
 impl Drop for Enrolled {
     fn drop(&mut self) {
         for fd in &self.listener_fds {
-            use std::os::fd::AsRawFd;
-            // SAFETY: shutdown on a descriptor we own (a duplicate of the listener's).
-            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                nix::sys::socket::Shutdown::Both,
+            );
         }
         // Stops accepting; connections already carried keep going.
         for t in &self.tasks {
@@ -106,145 +76,163 @@ impl Drop for Enrolled {
     }
 }
 
-enum State {
-    Enrolled(Enrolled),
-    Waiting(String),
-    NotEnrolled(String),
-}
-
-struct Entry {
-    view: PodView,
-    state: State,
-}
-
-/// Shared by the accept loops.
-struct Shared {
+/// The kernel host: eBPF datapath, pod namespaces, the proxy's accept loops.
+pub struct KernelHost {
     settings: Settings,
-    datapath: RwLock<Datapath>,
-    metrics: Arc<Metrics>,
-    mesh: RwLock<Arc<Mesh>>,
-    recent: Mutex<VecDeque<ConnRecord>>,
+    datapath: Arc<RwLock<Datapath>>,
+    proxy: Arc<Proxy>,
 }
 
 pub struct Node {
-    shared: Arc<Shared>,
-    pods: Mutex<BTreeMap<String, Entry>>,
+    enroller: Enroller<KernelHost>,
+    proxy: Arc<Proxy>,
+    datapath: Arc<RwLock<Datapath>>,
+    metrics: Arc<Metrics>,
+    identities: Option<Arc<Identities>>,
     manifest_errors: Mutex<Vec<crate::objects::ManifestError>>,
+}
+
+impl Node {
+    /// Must run inside the tokio runtime. `identities` is `None` when the mesh runs without
+    /// mutual TLS (`--plaintext`).
+    pub fn new(
+        settings: Settings,
+        mut datapath: Datapath,
+        metrics: Arc<Metrics>,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<Self, DatapathError> {
+        datapath.set_fail_open(settings.fail_open)?;
+        let datapath = Arc::new(RwLock::new(datapath));
+        let proxy = Proxy::new(
+            crate::proxy::Settings {
+                outbound_port: settings.outbound_port,
+                inbound_port: settings.inbound_port,
+            },
+            metrics.clone(),
+            identities.clone(),
+            datapath.clone(),
+        );
+        Ok(Self {
+            enroller: Enroller::new(KernelHost {
+                settings,
+                datapath: datapath.clone(),
+                proxy: proxy.clone(),
+            }),
+            proxy,
+            datapath,
+            metrics,
+            identities,
+            manifest_errors: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Makes the node match `mesh`: identities for the meshed pods' service accounts, then
+    /// enrollment, then the connection path's view (which closes open connections that a
+    /// changed policy now denies). Must run inside the tokio runtime.
+    pub fn reconcile(&self, mesh: Mesh) {
+        if let Some(ids) = &self.identities {
+            ids.sync(
+                mesh.pods
+                    .iter()
+                    .filter(|p| p.enroll.is_ok())
+                    .map(|p| ids.id(&p.namespace, &p.service_account)),
+            );
+        }
+        self.proxy.mesh.store(Arc::new(mesh.clone()));
+        let counts = self.enroller.reconcile(&mesh);
+        let mut pods = std::collections::HashMap::new();
+        self.enroller.each_enrolled(|_, en| {
+            for ip in &en.addrs {
+                pods.insert(ip.to_canonical(), en.ctx.clone());
+            }
+        });
+        self.proxy.pods.store(Arc::new(pods));
+        self.proxy.set_mesh(mesh);
+        self.metrics.enrolled_pods.set(counts.enrolled as i64);
+        self.metrics.waiting_pods.set(counts.waiting as i64);
+    }
+
+    /// Un-enrolls every pod (used on uninstall); normal shutdown leaves pods enrolled.
+    pub fn reset(&self) {
+        self.enroller.reset();
+    }
+
+    pub fn report(&self) -> Vec<PodReport> {
+        self.enroller.report()
+    }
+
+    pub fn identities(&self) -> Vec<IdentityReport> {
+        self.identities
+            .as_ref()
+            .map(|i| i.report())
+            .unwrap_or_default()
+    }
+
+    /// `/config`'s description of mutual TLS.
+    pub fn mtls_report(&self) -> serde_json::Value {
+        match &self.identities {
+            None => serde_json::json!({"enabled": false}),
+            Some(i) => serde_json::json!({
+                "enabled": true,
+                "trustDomain": i.trust_domain(),
+                "source": i.source(),
+                "pool": self.proxy.pool.report().into_iter().map(|(k, peer, streams)| serde_json::json!({
+                    "sourceIdentity": k.source.to_string(),
+                    "destinationIdentity": k.destination.to_string(),
+                    "node": k.node,
+                    "peer": peer,
+                    "streams": streams,
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    pub fn set_manifest_errors(&self, errors: Vec<crate::objects::ManifestError>) {
+        self.metrics.invalid_manifests.set(errors.len() as i64);
+        *self
+            .manifest_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = errors;
+    }
+
+    pub fn invalid_manifests(&self) -> Vec<crate::objects::ManifestError> {
+        self.manifest_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn recent_connections(&self) -> Vec<ConnRecord> {
+        self.proxy.recent()
+    }
+
+    /// Refreshes the kernel-sourced metrics and returns the exposition.
+    pub fn metrics_text(&self) -> String {
+        let dp = self.datapath.read().unwrap_or_else(|e| e.into_inner());
+        let stats = dp.stats().unwrap_or_default();
+        self.metrics
+            .kernel(dp.map_counts(), stats, &dp.program_stats());
+        drop(dp);
+        self.metrics.encode()
+    }
+
+    pub fn map_counts(&self) -> crate::datapath::MapCounts {
+        self.datapath
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_counts()
+    }
 }
 
 fn pod_name(v: &PodView) -> String {
     format!("{}/{}", v.namespace, v.name)
 }
 
-impl Node {
-    pub fn new(
-        settings: Settings,
-        mut datapath: Datapath,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, DatapathError> {
-        datapath.set_fail_open(settings.fail_open)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                settings,
-                datapath: RwLock::new(datapath),
-                metrics,
-                mesh: RwLock::new(Arc::default()),
-                recent: Mutex::new(VecDeque::new()),
-            }),
-            pods: Mutex::new(BTreeMap::new()),
-            manifest_errors: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Makes the enrolled set match `mesh`; retries pods that could not be enrolled before.
-    /// Must run inside the tokio runtime (it starts the accept loops).
-    pub fn reconcile(&self, mesh: Mesh) {
-        let wanted: BTreeMap<String, PodView> = mesh
-            .pods
-            .iter()
-            .map(|p| (p.uid.clone(), p.clone()))
-            .collect();
-        *self.shared.mesh.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(mesh);
-        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-
-        // Un-enroll first: pods gone, no longer meshed, re-addressed, or whose cgroup vanished.
-        let uids: Vec<String> = pods.keys().cloned().collect();
-        for uid in uids {
-            let keep = match (wanted.get(&uid), pods.get(&uid)) {
-                (Some(v), Some(e)) => match &e.state {
-                    State::Enrolled(en) => {
-                        v.enroll.is_ok() && v.ips == e.view.ips && en.cgroup.exists()
-                    }
-                    _ => true,
-                },
-                _ => false,
-            };
-            if !keep
-                && let Some(e) = pods.remove(&uid)
-                && let State::Enrolled(en) = e.state
-            {
-                self.unenroll(&pod_name(&e.view), en);
-            }
-        }
-        for (uid, view) in wanted {
-            let current = pods.remove(&uid);
-            let state = match (view.enroll.clone(), current.map(|e| e.state)) {
-                (Err(why), _) => State::NotEnrolled(why),
-                (Ok(()), Some(State::Enrolled(en))) => State::Enrolled(en),
-                (Ok(()), _) => match self.enroll(&view) {
-                    Ok(en) => State::Enrolled(en),
-                    Err(why) => State::Waiting(why),
-                },
-            };
-            pods.insert(uid, Entry { view, state });
-        }
-        self.cleanup(&pods);
-        let enrolled = pods
-            .values()
-            .filter(|e| matches!(e.state, State::Enrolled(_)))
-            .count();
-        let waiting = pods
-            .values()
-            .filter(|e| matches!(e.state, State::Waiting(_)))
-            .count();
-        self.shared.metrics.enrolled_pods.set(enrolled as i64);
-        self.shared.metrics.waiting_pods.set(waiting as i64);
-    }
-
-    /// Removes what an earlier run (or a failed step) left for pods not enrolled now.
-    fn cleanup(&self, pods: &BTreeMap<String, Entry>) {
-        let mut ids = BTreeSet::new();
-        let mut cookies = Vec::new();
-        let mut addrs = Vec::new();
-        for e in pods.values() {
-            if let State::Enrolled(en) = &e.state {
-                ids.insert(en.id.clone());
-                cookies.push(en.cookie);
-                addrs.extend(&en.addrs);
-            }
-        }
-        let mut dp = self
-            .shared
-            .datapath
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        for id in dp.pinned_ids().unwrap_or_default() {
-            if !ids.contains(&id) {
-                match dp.detach(&id) {
-                    Ok(_) => info!(id, "detached an attachment no enrolled pod owns"),
-                    Err(e) => warn!(id, error = %e, "cannot detach a stale attachment"),
-                }
-            }
-        }
-        let t = dp.retain_targets(&cookies);
-        let a = dp.retain_inbound(&addrs).unwrap_or(0);
-        if t + a > 0 {
-            info!(targets = t, inbound_addrs = a, "removed stale map entries");
-        }
-    }
+impl Host for KernelHost {
+    type Enrollment = Enrolled;
 
     fn enroll(&self, view: &PodView) -> Result<Enrolled, String> {
-        let s = &self.shared.settings;
+        let s = &self.settings;
         let name = pod_name(view);
         let cgroup = cgroups::find_pod_cgroup(&s.cgroup_root, &view.uid).ok_or_else(|| {
             format!(
@@ -260,26 +248,48 @@ impl Node {
             .map_err(|e| format!("listening inside the pod: {e}"))?;
         let cookie = netns::netns_cookie(listeners.inbound.as_fd())
             .map_err(|e| format!("netns cookie: {e}"))?;
+        let transparent = match routing::setup(&ns) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(pod = %name, error = %e, "cannot set up transparent delivery; the application will see the pod's own address as the client");
+                false
+            }
+        };
         let id = format!("pod-{}", view.uid);
         let slot = {
-            let pods = self.pods_slots();
-            (0..).find(|s| !pods.contains(s)).unwrap_or(0)
+            let dp = self.datapath.read().unwrap_or_else(|e| e.into_inner());
+            let used = dp.inbound_slots();
+            (0..).find(|s| !used.contains(s)).unwrap_or(0)
         };
+        let identity = self
+            .proxy
+            .identities
+            .as_ref()
+            .map(|i| i.id(&view.namespace, &view.service_account));
+        let tls = self.proxy.identities.as_ref().and_then(|i| {
+            let handle = i.handle(identity.as_ref()?)?;
+            Some(verify::server_config(handle))
+        });
+        let ctx = Arc::new(PodCtx {
+            name: name.clone(),
+            view: view.clone(),
+            netns: ns.clone(),
+            id: identity,
+            transparent,
+            tls,
+        });
         let mut en = Enrolled {
             id: id.clone(),
             cgroup: cgroup.clone(),
             cookie,
             slot,
             addrs: view.ips.clone(),
+            ctx: ctx.clone(),
             tasks: Vec::new(),
             listener_fds: Vec::new(),
         };
         let attached = {
-            let mut dp = self
-                .shared
-                .datapath
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut dp = self.datapath.write().unwrap_or_else(|e| e.into_inner());
             let r = (|| {
                 dp.set_target(cookie, SocketTarget::loopback(s.outbound_port))?;
                 dp.set_inbound(slot, &listeners.inbound, &view.ips)?;
@@ -295,45 +305,76 @@ impl Node {
             }
             r.map_err(|e| e.to_string())?
         };
-        let ctx = Arc::new(PodCtx {
-            name: name.clone(),
-            netns: ns,
-            shared: self.shared.clone(),
-        });
-        for l in listeners.outbound {
-            en.tasks
-                .push(tokio::spawn(ctx.clone().accept(l, Direction::Outbound)));
-        }
+        let keep_fd = |l: &TcpListener| {
+            use std::os::fd::AsFd;
+            l.as_fd().try_clone_to_owned().ok()
+        };
         let inbound = TcpListener::from_std(listeners.inbound).map_err(|e| e.to_string())?;
-        en.tasks
-            .push(tokio::spawn(ctx.accept(inbound, Direction::Inbound)));
-        info!(pod = %name, cgroup = %cgroup.display(), netns_cookie = cookie, ips = ?view.ips, ?attached, "pod enrolled");
+        let mut all = vec![(inbound, Direction::Inbound)];
+        all.extend(listeners.hbone.map(|l| (l, Direction::Inbound)));
+        all.extend(
+            listeners
+                .outbound
+                .into_iter()
+                .map(|l| (l, Direction::Outbound)),
+        );
+        for (l, direction) in all {
+            en.listener_fds.extend(keep_fd(&l));
+            en.tasks.push(tokio::spawn(self.proxy.clone().accept(
+                ctx.clone(),
+                l,
+                direction,
+            )));
+        }
+        info!(pod = %name, cgroup = %cgroup.display(), netns_cookie = cookie, ips = ?view.ips, ?attached, transparent, identity = ?ctx.id.as_ref().map(|i| i.to_string()), "pod enrolled");
         Ok(en)
     }
 
-    fn pods_slots(&self) -> BTreeSet<u32> {
-        // Called with `pods` locked by reconcile: read the datapath's own record instead.
-        self.shared
-            .datapath
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .inbound_slots()
-    }
-
-    fn unenroll(&self, name: &str, en: Enrolled) {
-        let mut dp = self
-            .shared
-            .datapath
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+    fn unenroll(&self, view: &PodView, en: Enrolled) {
+        let mut dp = self.datapath.write().unwrap_or_else(|e| e.into_inner());
         undo(&mut dp, &en);
         drop(dp);
-        info!(pod = %name, "pod un-enrolled");
+        info!(pod = %pod_name(view), "pod un-enrolled");
         drop(en);
     }
 
+    fn intact(&self, en: &Enrolled) -> bool {
+        en.cgroup.exists()
+    }
+
+    fn cleanup(&self, kept: &[&Enrolled]) {
+        let mut ids = BTreeSet::new();
+        let mut cookies = Vec::new();
+        let mut addrs = Vec::new();
+        for en in kept {
+            ids.insert(en.id.clone());
+            cookies.push(en.cookie);
+            addrs.extend(&en.addrs);
+        }
+        let mut dp = self.datapath.write().unwrap_or_else(|e| e.into_inner());
+        for id in dp.pinned_ids().unwrap_or_default() {
+            if !ids.contains(&id) {
+                match dp.detach(&id) {
+                    Ok(_) => info!(id, "detached an attachment no enrolled pod owns"),
+                    Err(e) => warn!(id, error = %e, "cannot detach a stale attachment"),
+                }
+            }
+        }
+        let t = dp.retain_targets(&cookies);
+        let a = dp.retain_inbound(&addrs).unwrap_or(0);
+        if t + a > 0 {
+            info!(targets = t, inbound_addrs = a, "removed stale map entries");
+        }
+    }
+
+    fn describe(&self, en: &Enrolled) -> (Option<PathBuf>, Option<u64>) {
+        (Some(en.cgroup.clone()), Some(en.cookie))
+    }
+}
+
+impl KernelHost {
     fn listen(&self, ns: &File) -> io::Result<Listeners> {
-        let s = &self.shared.settings;
+        let s = &self.settings;
         netns::with_netns(ns, || {
             let mut outbound = Vec::new();
             outbound.push(bind(
@@ -349,108 +390,29 @@ impl Node {
                 Ok(l) => outbound.push(l),
                 Err(e) => debug!(error = %e, "no IPv6 outbound listener"),
             }
-            let inbound = bind(
-                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), s.inbound_port),
-                false,
-            )
-            .or_else(|_| {
-                bind(
-                    SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), s.inbound_port),
-                    true,
-                )
-            })?;
+            let any = |port| {
+                bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port), false)
+                    .or_else(|_| bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), true))
+            };
+            let inbound = any(s.inbound_port)?;
+            // The inbound program steers port 15008 to the inbound listener too; this one
+            // serves HBONE when no eBPF is attached (the iptables comparison path).
+            let hbone = if self.proxy.mtls() {
+                Some(any(HBONE_PORT)?)
+            } else {
+                None
+            };
             let outbound = outbound
                 .into_iter()
                 .map(TcpListener::from_std)
                 .collect::<io::Result<Vec<_>>>()?;
-            Ok(Listeners { outbound, inbound })
-        })
-    }
-
-    /// Un-enrolls every pod (used on uninstall); normal shutdown leaves pods enrolled.
-    pub fn reset(&self) {
-        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, e) in std::mem::take(&mut *pods) {
-            if let State::Enrolled(en) = e.state {
-                self.unenroll(&pod_name(&e.view), en);
-            }
-        }
-    }
-
-    pub fn report(&self) -> Vec<PodReport> {
-        let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        pods.values()
-            .map(|e| {
-                let (state, reason, cgroup, cookie) = match &e.state {
-                    State::Enrolled(en) => {
-                        ("enrolled", None, Some(en.cgroup.clone()), Some(en.cookie))
-                    }
-                    State::Waiting(w) => ("waiting", Some(w.clone()), None, None),
-                    State::NotEnrolled(w) => ("not-enrolled", Some(w.clone()), None, None),
-                };
-                PodReport {
-                    namespace: e.view.namespace.clone(),
-                    name: e.view.name.clone(),
-                    uid: e.view.uid.clone(),
-                    ips: e.view.ips.clone(),
-                    state,
-                    reason,
-                    cgroup,
-                    netns_cookie: cookie,
-                }
+            let hbone = hbone.map(TcpListener::from_std).transpose()?;
+            Ok(Listeners {
+                outbound,
+                inbound,
+                hbone,
             })
-            .collect()
-    }
-
-    pub fn set_manifest_errors(&self, errors: Vec<crate::objects::ManifestError>) {
-        self.shared
-            .metrics
-            .invalid_manifests
-            .set(errors.len() as i64);
-        *self
-            .manifest_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = errors;
-    }
-
-    pub fn invalid_manifests(&self) -> Vec<crate::objects::ManifestError> {
-        self.manifest_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn recent_connections(&self) -> Vec<ConnRecord> {
-        self.shared
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    /// Refreshes the kernel-sourced metrics and returns the exposition.
-    pub fn metrics_text(&self) -> String {
-        let dp = self
-            .shared
-            .datapath
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let stats = dp.stats().unwrap_or_default();
-        self.shared
-            .metrics
-            .kernel(dp.map_counts(), stats, &dp.program_stats());
-        drop(dp);
-        self.shared.metrics.encode()
-    }
-
-    pub fn map_counts(&self) -> crate::datapath::MapCounts {
-        self.shared
-            .datapath
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map_counts()
+        })
     }
 }
 
@@ -472,6 +434,7 @@ fn undo(dp: &mut Datapath, en: &Enrolled) {
 struct Listeners {
     outbound: Vec<TcpListener>,
     inbound: std::net::TcpListener,
+    hbone: Option<TcpListener>,
 }
 
 fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<std::net::TcpListener> {
@@ -486,154 +449,4 @@ fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<std::net::TcpListener> {
         .and_then(|()| s.listen(1024))
         .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     Ok(s.into())
-}
-
-/// One enrolled pod, as its accept loops see it.
-struct PodCtx {
-    name: String,
-    netns: Arc<File>,
-    shared: Arc<Shared>,
-}
-
-impl PodCtx {
-    async fn accept(self: Arc<Self>, listener: TcpListener, direction: Direction) {
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.carry(stream, peer, direction).await });
-                }
-                // The listener was shut down: the pod is being un-enrolled.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
-                Err(e) => {
-                    warn!(pod = %self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    /// Where a captured connection was going.
-    fn original_dst(&self, stream: &TcpStream, direction: Direction) -> io::Result<SocketAddr> {
-        match direction {
-            // The inbound program hands over the connection as addressed: its local end is
-            // the original destination. A connection that arrived on the listener's own port
-            // was sent by a netfilter REDIRECT rule (the `--no-ebpf` comparison path).
-            Direction::Inbound => {
-                let local = canonical(stream.local_addr()?);
-                if local.port() == self.shared.settings.inbound_port {
-                    netns::original_dst_netfilter(stream.as_fd(), local.is_ipv6()).map(canonical)
-                } else {
-                    Ok(local)
-                }
-            }
-            Direction::Outbound => {
-                let dp = self
-                    .shared
-                    .datapath
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(dst) = dp.take_original_dst(stream).map_err(io::Error::other)? {
-                    return Ok(dst);
-                }
-                drop(dp);
-                let v6 = stream.local_addr()?.is_ipv6();
-                netns::original_dst_netfilter(stream.as_fd(), v6).map(canonical)
-            }
-        }
-    }
-
-    async fn carry(&self, mut client: TcpStream, peer: SocketAddr, direction: Direction) {
-        let metrics = &self.shared.metrics;
-        let _active = metrics.connection(direction);
-        let s = &self.shared.settings;
-        let orig = match self.original_dst(&client, direction) {
-            Ok(o) => o,
-            Err(e) => {
-                debug!(pod = %self.name, %peer, error = %e, "no original destination; closing");
-                return;
-            }
-        };
-        // Connections addressed to the agent's own ports would loop.
-        if [s.outbound_port, s.inbound_port].contains(&orig.port()) {
-            debug!(pod = %self.name, %peer, %orig, "connection to an agent port; closing");
-            return;
-        }
-        // Outbound: Service addresses go to one of their endpoints. Mutual TLS to the
-        // destination pod's agent slots in here (the destination is known to be meshed).
-        let target = match direction {
-            Direction::Outbound => self
-                .shared
-                .mesh
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .resolve(orig),
-            Direction::Inbound => Some(orig),
-        };
-        let mut record = ConnRecord {
-            pod: self.name.clone(),
-            direction,
-            client: canonical(peer),
-            original_dst: orig,
-            upstream: target,
-            error: None,
-            at_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
-        };
-        let upstream = match target {
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the Service has no ready endpoint",
-            )),
-            Some(t) => self.connect(t).await,
-        };
-        let mut upstream = match upstream {
-            Ok(u) => u,
-            Err(e) => {
-                metrics.connect_error(direction);
-                debug!(pod = %self.name, %peer, %orig, error = %e, "onward connect failed");
-                record.error = Some(e.to_string());
-                self.remember(record);
-                return;
-            }
-        };
-        self.remember(record);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((sent, received)) => metrics.bytes(direction, sent, received),
-            Err(e) => {
-                debug!(pod = %self.name, %peer, %orig, error = %e, "connection ended with an error")
-            }
-        }
-    }
-
-    fn remember(&self, r: ConnRecord) {
-        let mut recent = self.shared.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(r);
-    }
-
-    /// Connects to `dst` from inside the pod's network namespace (so the pod's address is
-    /// the source, and the pod's routes apply).
-    async fn connect(&self, dst: SocketAddr) -> io::Result<TcpStream> {
-        use socket2::{Domain, Socket, Type};
-        let socket = netns::with_netns(&self.netns, || {
-            let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
-            s.set_nonblocking(true)?;
-            s.set_tcp_nodelay(true)?;
-            s.set_mark(AGENT_MARK)?;
-            Ok(s)
-        })?;
-        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-        tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
-    }
-}
-
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
 }

@@ -11,6 +11,8 @@ use cedille_objects::{
 };
 use serde_json::Value;
 
+use crate::policy::AuthorizationPolicy;
+
 pub use cedille_objects::ManifestError;
 
 pub type ObjKey = cedille_objects::ObjKey<Kind>;
@@ -22,14 +24,26 @@ pub enum Kind {
     Namespace,
     Service,
     EndpointSlice,
+    AuthorizationPolicy,
 }
 
+/// `cedille.io/v1alpha1` AuthorizationPolicy (CRD under `helm/cedille/crds/`).
+pub static AUTHORIZATION_POLICY: KindInfo = KindInfo {
+    group: "cedille.io",
+    versions: &["v1alpha1"],
+    kind: "AuthorizationPolicy",
+    plural: "authorizationpolicies",
+    namespaced: true,
+    keeps_status: false,
+};
+
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn info(self) -> &'static KindInfo {
@@ -38,6 +52,7 @@ impl Kind {
             Kind::Namespace => &core::NAMESPACE,
             Kind::Service => &core::SERVICE,
             Kind::EndpointSlice => &core::ENDPOINT_SLICE,
+            Kind::AuthorizationPolicy => &AUTHORIZATION_POLICY,
         }
     }
 }
@@ -55,6 +70,7 @@ pub enum Object {
     Namespace(Namespace),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl cedille_objects::Catalog for Object {
@@ -72,6 +88,7 @@ impl cedille_objects::Catalog for Object {
             Kind::Namespace => Object::Namespace(typed(value)?),
             Kind::Service => Object::Service(typed(value)?),
             Kind::EndpointSlice => Object::EndpointSlice(typed(value)?),
+            Kind::AuthorizationPolicy => Object::AuthorizationPolicy(Box::new(typed(value)?)),
         };
         validate(&o)?;
         Ok(o)
@@ -82,6 +99,7 @@ impl cedille_objects::Catalog for Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
     fn meta(&self) -> &ObjectMeta {
@@ -90,6 +108,7 @@ impl cedille_objects::Catalog for Object {
             Object::Namespace(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
         }
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
@@ -98,6 +117,7 @@ impl cedille_objects::Catalog for Object {
             Object::Namespace(o) => &mut o.metadata,
             Object::Service(o) => &mut o.metadata,
             Object::EndpointSlice(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
         }
     }
     fn spec_fingerprint(&self) -> String {
@@ -106,6 +126,7 @@ impl cedille_objects::Catalog for Object {
             Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
             Object::Service(o) => serde_json::to_string(&o.spec),
             Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
+            Object::AuthorizationPolicy(o) => serde_json::to_string(&o.spec),
         }
         .unwrap_or_default()
     }
@@ -124,6 +145,9 @@ fn validate(o: &Object) -> Result<(), (String, String)> {
                 ));
             }
         }
+    }
+    if let Object::AuthorizationPolicy(p) = o {
+        crate::policy::validate(p)?;
     }
     if let Object::EndpointSlice(s) = o {
         for (i, e) in s.endpoints.iter().enumerate() {

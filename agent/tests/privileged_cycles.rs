@@ -48,6 +48,7 @@ async fn privileged_thousand_enroll_cycles_leave_nothing_behind() {
         settings,
         Datapath::load(pins.path()).unwrap(),
         Arc::new(Metrics::new()),
+        None,
     )
     .unwrap();
     let view = |enroll: Result<(), String>| Mesh {
@@ -56,6 +57,9 @@ async fn privileged_thousand_enroll_cycles_leave_nothing_behind() {
             name: "d".into(),
             uid: UID.into(),
             ips: vec!["10.94.0.1".parse().unwrap()],
+            service_account: "default".into(),
+            labels: Default::default(),
+            strict: false,
             enroll,
         }],
         ..Mesh::default()

@@ -20,9 +20,14 @@ fn start_agent(n: &Node, kubeconfig: &std::path::Path) -> Background {
         .arg(&n.root)
         .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
         .arg(n.pins.path())
+        .arg("--ca-dir")
+        .arg(ca_dir(&n.dir))
         .env("KUBECONFIG", kubeconfig)
         .env_remove("CEDILLE_CONFIG_DIR")
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("CEDILLE_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null());
     h::spawn_in(None, None, cmd).expect("start agent")
 }

@@ -47,8 +47,13 @@ fn start_agent(node: &Node, extra: &[&str]) -> Background {
         .arg(&node.root)
         .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
         .arg(node.pins.path())
+        .arg("--ca-dir")
+        .arg(ca_dir(&node.dir))
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("CEDILLE_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null());
     h::spawn_in(None, None, cmd).expect("start agent")
 }
@@ -71,12 +76,12 @@ fn privileged_node_with_three_pods() {
         "bad manifest reported: {errors}"
     );
 
-    // Enrolled to enrolled: through a's agent (outbound) and b's agent (inbound), which
-    // delivers from b's own address over loopback.
+    // Enrolled to enrolled: through a's agent (outbound) and b's agent (inbound) over
+    // HBONE; b's agent delivers with a's address as the source.
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
     assert_eq!(
         local_and_peer(&line),
-        ("10.93.0.2:8080".into(), "10.93.0.2".into()),
+        ("10.93.0.2:8080".into(), "10.93.0.1".into()),
         "{line}"
     );
     assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
@@ -85,7 +90,7 @@ fn privileged_node_with_three_pods() {
     let line = connect(&a.ns, Some(&a.cgroup), "[fd93::2]:8081").expect("a -> b over IPv6");
     assert_eq!(
         local_and_peer(&line),
-        ("[fd93::2]:8081".into(), "fd93::2".into()),
+        ("[fd93::2]:8081".into(), "fd93::1".into()),
         "{line}"
     );
     assert!(agent_saw("shop/a", "outbound", "[fd93::2]:8081"));
@@ -102,11 +107,11 @@ fn privileged_node_with_three_pods() {
     assert!(line.starts_with("local=[fd93::100]:9091"), "{line}");
     assert!(agent_saw("shop/a", "outbound", "[fd93::100]:9091"));
 
-    // Outside to enrolled: captured inbound.
+    // Outside to enrolled: captured inbound, delivered with the client's address.
     let line = connect(ext, None, "10.93.0.1:8080").expect("ext -> a");
     assert_eq!(
         local_and_peer(&line),
-        ("10.93.0.1:8080".into(), "10.93.0.1".into()),
+        ("10.93.0.1:8080".into(), "10.93.0.100".into()),
         "{line}"
     );
     assert!(agent_saw("shop/a", "inbound", "10.93.0.1:8080"));
@@ -159,15 +164,16 @@ fn privileged_node_with_three_pods() {
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b after restart");
     assert_eq!(
         local_and_peer(&line),
-        ("10.93.0.2:8080".into(), "10.93.0.2".into()),
+        ("10.93.0.2:8080".into(), "10.93.0.1".into()),
         "{line}"
     );
     let line = connect(ext, None, "10.93.0.2:8080").expect("ext -> b after restart");
     assert_eq!(
         local_and_peer(&line),
-        ("10.93.0.2:8080".into(), "10.93.0.2".into()),
+        ("10.93.0.2:8080".into(), "10.93.0.100".into()),
         "{line}"
     );
+    assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));
 
     // Un-enroll by label: everything for those pods goes, traffic is direct again.
     manifests(dir, &[a, b, c], false);
@@ -216,9 +222,10 @@ fn privileged_fail_open_policy_bypasses_a_dead_agent() {
     wait_for("a and b enrolled", || {
         pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
     });
-    // Up: captured as under fail-closed (inbound delivered from the pod's own address).
+    // Up: captured as under fail-closed.
     let line = connect(&n.ext, None, "10.93.0.1:8080").expect("ext -> a");
-    assert_eq!(local_and_peer(&line).1, "10.93.0.1", "{line}");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.100", "{line}");
+    assert!(agent_saw("shop/a", "inbound", "10.93.0.1:8080"));
     connect(&a.ns, Some(&a.cgroup), "10.93.0.100:9090").expect("a -> ext");
     assert!(agent_saw("shop/a", "outbound", "10.93.0.100:9090"));
 
@@ -233,7 +240,7 @@ fn privileged_fail_open_policy_bypasses_a_dead_agent() {
     let line = connect(&a.ns, Some(&a.cgroup), "[fd93::100]:9091")
         .expect("a -> ext over IPv6, agent down");
     assert_eq!(local_and_peer(&line).1, "fd93::1", "{line}");
-    // a -> b: out of a and into b directly (through b's agent, the peer would be b itself).
+    // a -> b: out of a and into b directly.
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b, agent down");
     assert_eq!(
         local_and_peer(&line),
@@ -247,7 +254,7 @@ fn privileged_fail_open_policy_bypasses_a_dead_agent() {
         pod_state("a") == "enrolled" && pod_state("b") == "enrolled"
     });
     let line = connect(&n.ext, None, "10.93.0.1:8080").expect("ext -> a after restart");
-    assert_eq!(local_and_peer(&line).1, "10.93.0.1", "{line}");
+    assert_eq!(local_and_peer(&line).1, "10.93.0.100", "{line}");
     connect(&a.ns, Some(&a.cgroup), "10.93.0.100:9090").expect("a -> ext after restart");
     assert!(agent_saw("shop/a", "outbound", "10.93.0.100:9090"));
     agent.kill();
@@ -292,7 +299,12 @@ fn privileged_agent_works_with_only_the_charts_capabilities() {
         .arg(&n.root)
         .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
         .arg(n.pins.path())
-        .env("RUST_LOG", "info")
+        .arg("--ca-dir")
+        .arg(ca_dir(&n.dir))
+        .env(
+            "RUST_LOG",
+            std::env::var("CEDILLE_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null());
     let _agent = h::spawn_in(None, None, cmd).expect("start agent under setpriv");
     wait_for("a and b enrolled with the chart's capabilities", || {
@@ -301,7 +313,7 @@ fn privileged_agent_works_with_only_the_charts_capabilities() {
     let line = connect(&a.ns, Some(&a.cgroup), "10.93.0.2:8080").expect("a -> b");
     assert_eq!(
         local_and_peer(&line),
-        ("10.93.0.2:8080".into(), "10.93.0.2".into())
+        ("10.93.0.2:8080".into(), "10.93.0.1".into())
     );
     assert!(agent_saw("shop/a", "outbound", "10.93.0.2:8080"));
     assert!(agent_saw("shop/b", "inbound", "10.93.0.2:8080"));

@@ -74,6 +74,24 @@ pub fn connect(ns: &Netns, cgroup: Option<&Path>, addr: &str) -> Result<String, 
     }
 }
 
+/// A development CA under `dir/ca` (made once), as `cedille-agent ca init` writes it.
+pub fn ca_dir(dir: &Path) -> PathBuf {
+    let ca = dir.join("ca");
+    if !ca.join("ca.key").exists() {
+        let out = Command::new(AGENT)
+            .args(["ca", "init"])
+            .arg(&ca)
+            .output()
+            .expect("cedille-agent ca init");
+        assert!(
+            out.status.success(),
+            "ca init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ca
+}
+
 pub fn metric(name_and_labels: &str) -> f64 {
     let text = http_get("/metrics").unwrap_or_default();
     text.lines()

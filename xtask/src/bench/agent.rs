@@ -338,6 +338,9 @@ impl Agent {
             .arg(node.cgroups.path())
             .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
             .arg(pins.path())
+            // This benchmark measures capture (eBPF against iptables); `bench mesh` measures
+            // mutual TLS.
+            .arg("--plaintext")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(
