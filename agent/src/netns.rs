@@ -5,12 +5,20 @@
 use std::{
     fs::File,
     io,
-    mem::MaybeUninit,
     net::{SocketAddr, TcpListener},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
 };
 
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::socket::{
+        SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage, getpeername, getsockopt,
+        sockopt::{Ip6tOriginalDst, OriginalDst},
+    },
+};
+
+/// `SO_NETNS_COOKIE` from `<asm-generic/socket.h>`; nix has no socket option for it.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// Runs `f` on a thread that has joined the network namespace at `netns` (a path such as
@@ -25,12 +33,9 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                // SAFETY: setns on a descriptor we own; it only affects this thread, which ends
-                // when `f` returns.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let e = io::Error::last_os_error();
-                    return Err(annotate(e, netns, "join network namespace"));
-                }
+                // Only this thread joins the namespace, and it ends when `f` returns.
+                setns(&ns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| annotate(e.into(), netns, "join network namespace"))?;
                 f()
             })
             .join()
@@ -56,7 +61,9 @@ pub fn bind_in(netns: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    // SAFETY: nix has no wrapper for SO_NETNS_COOKIE. getsockopt writes at most `len` bytes
+    // (the size of `cookie`, a u64 valid for any bit pattern) into `cookie`, which outlives
+    // the call; `fd` is a borrowed, open descriptor.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -85,36 +92,23 @@ pub fn netns_cookie_of(netns: &Path) -> io::Result<u64> {
 
 /// The peer address of a connected socket, without needing a std or tokio stream type.
 pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getpeername writes at most `len` bytes into `storage`.
-    let rc = unsafe { libc::getpeername(fd.as_raw_fd(), storage.as_mut_ptr().cast(), &mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zero-initialised and filled in by the kernel.
-    let storage = unsafe { storage.assume_init() };
+    let storage = getpeername::<SockaddrStorage>(fd.as_raw_fd())?;
     sockaddr_to_std(&storage)
 }
 
-fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(storage) };
-            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Ok(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 = unsafe { std::mem::transmute_copy(storage) };
-            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Ok(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
-        }
-        family => Err(io::Error::new(
+fn sockaddr_to_std(storage: &SockaddrStorage) -> io::Result<SocketAddr> {
+    if let Some(sin) = storage.as_sockaddr_in() {
+        Ok(SocketAddr::new(sin.ip().into(), sin.port()))
+    } else if let Some(sin6) = storage.as_sockaddr_in6() {
+        Ok(SocketAddr::new(sin6.ip().into(), sin6.port()))
+    } else {
+        let family = storage
+            .family()
+            .map_or_else(|| "unknown".to_owned(), |f| (f as i32).to_string());
+        Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("socket family {family} is not IP"),
-        )),
+        ))
     }
 }
 
@@ -133,16 +127,12 @@ fn host_netns() -> io::Result<&'static File> {
 /// block or yield. Sockets `f` creates stay in `ns`.
 pub fn with_netns<T>(ns: &File, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let host = host_netns()?;
-    // SAFETY: setns on descriptors we own; only this thread is affected, and it is moved back
-    // before the function returns.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Only this thread moves, and it is moved back before the function returns.
+    setns(ns, CloneFlags::CLONE_NEWNET)?;
     let out = f();
-    // SAFETY: as above.
-    if unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
         // A thread stuck in a pod's namespace would open later sockets in the wrong place.
-        let e = io::Error::last_os_error();
+        let e = io::Error::from(e);
         panic!("cannot return to the agent's network namespace: {e}");
     }
     out
@@ -151,26 +141,13 @@ pub fn with_netns<T>(ns: &File, f: impl FnOnce() -> io::Result<T>) -> io::Result
 /// The destination an iptables `REDIRECT` rule rewrote (`SO_ORIGINAL_DST`), for pods whose
 /// connections reach the agent that way instead of through its eBPF programs.
 pub fn original_dst_netfilter(fd: BorrowedFd<'_>, v6: bool) -> io::Result<SocketAddr> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
-    // SAFETY: getsockopt writes at most `len` bytes into `storage`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            SO_ORIGINAL_DST,
-            storage.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    if v6 {
+        let sin6 = SockaddrIn6::from(getsockopt(&fd, Ip6tOriginalDst)?);
+        Ok(SocketAddr::new(sin6.ip().into(), sin6.port()))
+    } else {
+        let sin = SockaddrIn::from(getsockopt(&fd, OriginalDst)?);
+        Ok(SocketAddr::new(sin.ip().into(), sin.port()))
     }
-    // SAFETY: the kernel initialised `len` bytes of a sockaddr.
-    let storage = unsafe { storage.assume_init() };
-    sockaddr_to_std(&storage)
 }
 
 #[cfg(test)]
@@ -190,6 +167,25 @@ mod tests {
         let b = netns_cookie(client.as_fd()).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn peer_addr_of_an_ipv6_connection_and_no_netfilter_original_dst() {
+        // Hosts without IPv6 loopback cannot run the v6 half.
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            return;
+        };
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, seen) = listener.accept().unwrap();
+        assert_eq!(peer_addr(server.as_fd()).unwrap(), seen);
+        assert_eq!(seen, client.local_addr().unwrap());
+        // Not redirected by iptables: an error (ENOENT, or ENOPROTOOPT without conntrack),
+        // never a made-up address.
+        assert!(original_dst_netfilter(server.as_fd(), true).is_err());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(original_dst_netfilter(server.as_fd(), false).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! The agent's delivering socket carries [`DELIVER_MARK`]. In the pod's network namespace,
 //! `net.ipv4.tcp_fwmark_accept=1` makes the application's accepted socket (and its SYN-ACK)
-//! carry the same mark, and a policy routing rule sends packets with that mark to a table
+//! carry the same mark (`fwmark_reflect` does the same for a reset from a closed port), and a policy routing rule sends packets with that mark to a table
 //! whose only route is `local default dev lo`: the replies to the client's (non-local)
 //! address come back to the agent instead of leaving the pod. This is the in-pod set-up
 //! ztunnel uses, without iptables: one rule and two routes, made over rtnetlink.
@@ -54,11 +54,24 @@ const AF_INET6: u8 = libc::AF_INET6 as u8;
 /// restart finds it in place).
 pub fn setup(ns: &File) -> io::Result<()> {
     netns::with_netns(ns, || {
-        File::options()
-            .write(true)
-            .open("/proc/sys/net/ipv4/tcp_fwmark_accept")
-            .and_then(|mut f| f.write_all(b"1"))
-            .map_err(|e| io::Error::new(e.kind(), format!("net.ipv4.tcp_fwmark_accept: {e}")))?;
+        // Accepted sockets carry the SYN's mark; resets and ICMP errors the kernel sends in
+        // answer (a closed port) carry the mark of what they answer.
+        for (sysctl, required) in [
+            ("ipv4/tcp_fwmark_accept", true),
+            ("ipv4/fwmark_reflect", true),
+            ("ipv6/fwmark_reflect", false),
+        ] {
+            let set = File::options()
+                .write(true)
+                .open(format!("/proc/sys/net/{sysctl}"))
+                .and_then(|mut f| f.write_all(b"1"));
+            if let Err(e) = set
+                && required
+            {
+                let name = sysctl.replace('/', ".");
+                return Err(io::Error::new(e.kind(), format!("net.{name}: {e}")));
+            }
+        }
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Raw,

@@ -1,47 +1,30 @@
 use std::{
-    ffi::CString,
     fs, io,
     path::{Path, PathBuf},
 };
 
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+
 use crate::unique_name;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const ROOT: &str = "/sys/fs/bpf";
 const PARENT: &str = "/sys/fs/bpf/cedille-test";
 
-fn statfs_type(path: &Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs fills the zeroed struct we own; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64)
-}
-
 /// Makes sure bpffs is mounted at `/sys/fs/bpf`, mounting it if not.
 pub fn ensure_bpffs() -> io::Result<()> {
-    let root = Path::new(ROOT);
-    if statfs_type(root)? == BPF_FS_MAGIC {
+    if statfs(ROOT)?.filesystem_type() == BPF_FS_MAGIC {
         return Ok(());
     }
-    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: all strings are NUL-terminated constants; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    mount(
+        Some("bpf"),
+        ROOT,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )?;
     Ok(())
 }
 

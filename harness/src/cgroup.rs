@@ -84,7 +84,7 @@ fn remove(path: &Path) -> io::Result<()> {
     loop {
         match remove_tree(path) {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e) if Instant::now() < deadline && e.kind() == io::ErrorKind::ResourceBusy => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),

@@ -39,10 +39,9 @@ pub(crate) fn unique_name(tag: &str) -> String {
 /// a cgroup v2 mount, bpffs mounted (mounting it if needed) and the `ip` tool. Also removes
 /// leftovers of earlier runs that were killed.
 pub fn require_privileges() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid();
     assert!(
-        euid == 0,
+        euid.is_root(),
         "privileged test needs root (euid is {euid}); run `sudo -E cargo xtask test`"
     );
     if let Err(e) = cgroup2_mount() {

@@ -1,9 +1,10 @@
 use std::{
     fs::File,
     io,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
+
+use nix::sched::{CloneFlags, setns};
 
 use crate::{cmd::ip, unique_name};
 
@@ -60,10 +61,8 @@ impl Netns {
         let file = File::open(&self.path)?;
         std::thread::scope(|s| {
             s.spawn(move || {
-                // SAFETY: setns on a descriptor we own; affects only this scoped thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // Affects only this scoped thread.
+                setns(&file, CloneFlags::CLONE_NEWNET)?;
                 Ok(f())
             })
             .join()

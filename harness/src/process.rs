@@ -1,10 +1,16 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read},
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
+};
+
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::signal::{Signal, killpg},
+    unistd::{Pid, write},
 };
 
 use crate::Netns;
@@ -32,22 +38,20 @@ fn enter(netns: Option<&Netns>, cgroup: Option<&Path>, cmd: &mut Command) -> io:
     let procs = cgroup
         .map(|cg| OpenOptions::new().write(true).open(cg.join("cgroup.procs")))
         .transpose()?;
-    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-    // (setns, write) on descriptors opened beforehand.
+    // SAFETY: `pre_exec` is unsafe because the closure runs between fork and exec, where
+    // only async-signal-safe calls are allowed; nix has no safe form of it. The closure makes
+    // only thin system-call wrappers (write(2), setns(2), no allocation: errors become
+    // `io::Error::from_raw_os_error`) on descriptors opened beforehand.
     unsafe {
         cmd.pre_exec(move || {
-            let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
-            let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
-            if let Some(fd) = procs_fd {
+            if let Some(procs) = &procs {
                 // Writing "0" moves the writing process itself.
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
+                if write(procs, b"0")? != 1 {
+                    return Err(io::ErrorKind::WriteZero.into());
                 }
             }
-            if let Some(fd) = ns_fd
-                && libc::setns(fd, libc::CLONE_NEWNET) != 0
-            {
-                return Err(io::Error::last_os_error());
+            if let Some(ns) = &ns_file {
+                setns(ns, CloneFlags::CLONE_NEWNET)?;
             }
             Ok(())
         });
@@ -91,8 +95,8 @@ pub fn run_in(
         }
         if Instant::now() >= deadline {
             timed_out = true;
-            // SAFETY: signals the process group we created for the child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            // The child leads the process group we created for it.
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
             break None;
         }
@@ -120,8 +124,8 @@ impl Background {
 
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        // SAFETY: signals the process group created for this child.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        // The child leads the process group created for it.
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 

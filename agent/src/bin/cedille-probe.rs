@@ -5,6 +5,11 @@
 //!   `local=<local address> peer=<peer address>`, then echoes what it reads.
 //! - `cedille-probe connect ADDR [TIMEOUT_MS]`: connects, prints the server's first line,
 //!   exits 0; exits 1 with the error otherwise.
+//! - `cedille-probe send ADDR TEXT`: as `connect`, then sends TEXT and checks that it comes
+//!   back (from `serve`'s echo).
+//! - `cedille-probe hold ADDR SECONDS`: connects, prints the server's first line at once,
+//!   then waits: prints `closed after=<ms>` and exits 0 when the connection is closed (by
+//!   the peer or a reset), exits 1 if it is still open after SECONDS.
 //!
 //! For `cargo xtask bench agent` (each load command prints one `key=value ...` line):
 //! - `cedille-probe bench-serve ECHO_ADDR SINK_ADDR`: echoes on the first address; on the
@@ -55,6 +60,10 @@ enum Cmd {
         #[arg(default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Connect, print the first line, send TEXT and check the echo.
+    Send { addr: SocketAddr, text: String },
+    /// Connect, print the first line, then report when the connection is closed.
+    Hold { addr: SocketAddr, seconds: u64 },
     /// The benchmark's server: an echo address and a sink address.
     BenchServe { echo: SocketAddr, sink: SocketAddr },
     /// Fixed-rate request/response over persistent connections.
@@ -112,6 +121,60 @@ fn echo_with_banner(mut s: TcpStream) -> std::io::Result<()> {
         }
         s.write_all(&buf[..n])?;
     }
+}
+
+fn send(addr: SocketAddr, text: &str) -> Result<String, String> {
+    let t = Duration::from_secs(3);
+    let s = TcpStream::connect_timeout(&addr, t).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    w.write_all(text.as_bytes())
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut back = vec![0u8; text.len()];
+    r.read_exact(&mut back)
+        .map_err(|e| format!("echo from {addr}: {e}"))?;
+    if back != text.as_bytes() {
+        return Err(format!(
+            "{addr} echoed {:?}",
+            String::from_utf8_lossy(&back)
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+fn hold(addr: SocketAddr, seconds: u64) -> Result<String, String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(seconds.max(1))))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    println!("{}", line.trim_end());
+    let _ = std::io::stdout().flush();
+    let t = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("{addr} still open after {seconds} s"));
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(format!("closed after={}", t.elapsed().as_millis()))
 }
 
 fn connect(addr: SocketAddr, timeout_ms: u64) -> Result<String, String> {
@@ -352,6 +415,8 @@ fn main() -> ExitCode {
             .map(|()| String::new())
             .map_err(|e| e.to_string()),
         Cmd::Connect { addr, timeout_ms } => connect(addr, timeout_ms),
+        Cmd::Send { addr, text } => send(addr, &text),
+        Cmd::Hold { addr, seconds } => hold(addr, seconds),
         Cmd::BenchServe { echo, sink } => bench_serve(echo, sink)
             .map(|()| String::new())
             .map_err(|e| e.to_string()),

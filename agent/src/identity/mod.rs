@@ -91,6 +91,8 @@ pub struct Svid {
     pub key: PrivateKeyDer<'static>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When the agent received it (sources backdate `not_before` for clock skew).
+    pub issued_at: SystemTime,
     /// Hex, as `openssl x509 -serial` prints it.
     pub serial: String,
     /// The roots peers' certificates must chain to (may hold several during a CA rotation).
@@ -100,13 +102,11 @@ pub struct Svid {
 }
 
 impl Svid {
-    /// When to renew: half of the lifetime.
+    /// When to renew: half of the remaining lifetime at issuance.
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
+        let start = self.issued_at.max(self.not_before);
+        let life = self.not_after.duration_since(start).unwrap_or_default();
+        start + life / 2
     }
 }
 

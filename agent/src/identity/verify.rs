@@ -432,6 +432,7 @@ pub fn svid_from_parts(
         key,
         not_before,
         not_after,
+        issued_at: SystemTime::now(),
         serial,
         bundle,
         certified,

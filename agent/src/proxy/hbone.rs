@@ -120,12 +120,12 @@ pub async fn connect(
     let mut last = None;
     // A pooled connection can close between the claim and the request: try a new one once.
     for _ in 0..2 {
-        let claim = match proxy.pool.claim(&key) {
+        let claim = match proxy.pool.claim(&key, &svid.serial) {
             Some(c) => c,
             None => {
                 let lock = proxy.pool.opening_lock(&key);
                 let _held = lock.lock().await;
-                match proxy.pool.claim(&key) {
+                match proxy.pool.claim(&key, &svid.serial) {
                     Some(c) => c,
                     None => {
                         let conn = open(proxy, pod, svid, &dst_id, target).await?;
@@ -226,7 +226,7 @@ async fn open(
         }
     });
     debug!(%peer, destination = %dst_id, "new pooled HBONE connection");
-    Ok(Conn::new(send, peer))
+    Ok(Conn::new(send, peer, svid.serial.clone()))
 }
 
 /// Serves one connection to `pod`'s port 15008.

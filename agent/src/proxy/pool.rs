@@ -34,6 +34,9 @@ pub struct Key {
 pub struct Conn {
     pub send: SendRequest<Empty<Bytes>>,
     pub peer: SocketAddr,
+    /// The serial of the client certificate it was authenticated with: once the identity
+    /// is renewed, new streams go on connections made with the new certificate.
+    pub serial: String,
     streams: AtomicUsize,
     idle_since: Mutex<Instant>,
 }
@@ -56,10 +59,11 @@ impl Drop for Claim {
 }
 
 impl Conn {
-    pub fn new(send: SendRequest<Empty<Bytes>>, peer: SocketAddr) -> Arc<Self> {
+    pub fn new(send: SendRequest<Empty<Bytes>>, peer: SocketAddr, serial: String) -> Arc<Self> {
         Arc::new(Self {
             send,
             peer,
+            serial,
             streams: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
         })
@@ -92,10 +96,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A slot on an open connection for `key`, if one has room.
-    pub fn claim(&self, key: &Key) -> Option<Claim> {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.get(key)?.iter().find_map(|c| c.claim())
+    /// A slot on an open connection for `key` made with the certificate `serial`, if one
+    /// has room. Idle connections made with an older certificate are dropped on the way.
+    pub fn claim(&self, key: &Key, serial: &str) -> Option<Claim> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let v = conns.get_mut(key)?;
+        v.retain(|c| c.serial == serial || c.streams() > 0);
+        v.iter()
+            .filter(|c| c.serial == serial)
+            .find_map(|c| c.claim())
     }
 
     pub fn opening_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
