@@ -153,11 +153,15 @@ pub fn watch(client: kube::Client, policies: bool) -> KubeSource<Object> {
     source
 }
 
-/// The permissions Kubernetes mode needs: get/list/watch on every kind the agent watches.
+/// The permissions Kubernetes mode needs: get/list/watch on every kind the agent watches,
+/// and, in its own namespace, the CertificateRequests of the cert-manager identity source.
 pub fn permissions() -> cedille_objects::rbac::Permissions {
     cedille_objects::rbac::Permissions {
         cluster: cedille_objects::rbac::watching(Kind::ALL.iter().map(|k| k.info())),
-        namespace: Vec::new(),
+        namespace: cedille_objects::rbac::rules(
+            [("cert-manager.io", "certificaterequests".to_owned())],
+            &["create", "get", "delete"],
+        ),
     }
 }
 

@@ -75,8 +75,39 @@ struct Args {
     svid_lifetime: std::time::Duration,
     /// Carry meshed connections without mutual TLS (no identity source). Only for
     /// comparisons and debugging: nothing is encrypted or authenticated.
-    #[arg(long, env = "CEDILLE_PLAINTEXT", conflicts_with = "ca_dir")]
+    #[arg(long, env = "CEDILLE_PLAINTEXT", conflicts_with_all = ["ca_dir", "cert_manager_issuer"])]
     plaintext: bool,
+    /// Identity source for Kubernetes mode: the cert-manager issuer that signs workload
+    /// certificates (CertificateRequests made in --namespace); the CA key stays with
+    /// cert-manager.
+    #[arg(
+        long,
+        env = "CEDILLE_CERT_MANAGER_ISSUER",
+        conflicts_with = "ca_dir",
+        requires = "kubernetes"
+    )]
+    cert_manager_issuer: Option<String>,
+    /// The issuer's kind: ClusterIssuer or Issuer (in --namespace).
+    #[arg(
+        long,
+        env = "CEDILLE_CERT_MANAGER_ISSUER_KIND",
+        default_value = "ClusterIssuer"
+    )]
+    cert_manager_issuer_kind: String,
+    /// The issuer's API group (cert-manager.io, or an external issuer's).
+    #[arg(
+        long,
+        env = "CEDILLE_CERT_MANAGER_ISSUER_GROUP",
+        default_value = "cert-manager.io"
+    )]
+    cert_manager_issuer_group: String,
+    /// PEM roots peers' certificates must chain to (with cert-manager; default: the CA
+    /// cert-manager returns with each certificate). Read again at each renewal.
+    #[arg(long, env = "CEDILLE_TRUST_BUNDLE")]
+    trust_bundle: Option<PathBuf>,
+    /// The agent's namespace, where it makes CertificateRequests.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cedille-system")]
+    namespace: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +196,28 @@ async fn main() -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::new());
     let identities = match (&args.ca_dir, args.plaintext) {
+        (None, _) if args.cert_manager_issuer.is_some() => {
+            let client = cedille_objects::kube::client()
+                .await
+                .map_err(|e| anyhow::anyhow!("--cert-manager-issuer: {e}"))?;
+            let source = identity::certmanager::CertManager::new(
+                client,
+                identity::certmanager::Settings {
+                    namespace: args.namespace.clone(),
+                    issuer_name: args.cert_manager_issuer.clone().unwrap_or_default(),
+                    issuer_kind: args.cert_manager_issuer_kind.clone(),
+                    issuer_group: args.cert_manager_issuer_group.clone(),
+                    trust_bundle: args.trust_bundle.clone(),
+                    node: node_name.clone(),
+                },
+            );
+            Some(Arc::new(identity::Identities::new(
+                Arc::new(source),
+                &args.trust_domain,
+                args.svid_lifetime,
+                metrics.clone(),
+            )))
+        }
         (Some(dir), _) => {
             let ca =
                 identity::ca::CaDir::open(dir).map_err(|e| anyhow::anyhow!("--ca-dir: {e}"))?;
@@ -180,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
             None
         }
         (None, false) => anyhow::bail!(
-            "no identity source: give --ca-dir DIR (a CA directory; `cedille-agent ca init DIR` makes one), or --plaintext to carry connections without mutual TLS"
+            "no identity source: give --cert-manager-issuer NAME (Kubernetes mode), --ca-dir DIR (a CA directory; `cedille-agent ca init DIR` makes one), or --plaintext to carry connections without mutual TLS"
         ),
     };
     info!(pin_dir = %args.bpf_pin_dir.display(), pinned = pinned.len(), policy = ?args.failure_policy, mtls = identities.is_some(), trust_domain = %args.trust_domain, "starting; pinned attachments are adopted as their pods are enrolled");

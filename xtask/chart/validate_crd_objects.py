@@ -30,7 +30,8 @@ def schemas(dirs):
 def main():
     rendered, dirs = sys.argv[1], sys.argv[2:]
     known = schemas(dirs)
-    builtin_groups = ("", "apps", "rbac.authorization.k8s.io", "policy", "autoscaling")
+    builtin_groups = ("", "apps", "rbac.authorization.k8s.io", "policy", "autoscaling",
+                      "apiextensions.k8s.io")
     status = 0
     for obj in yaml.safe_load_all(open(rendered)):
         if not obj:

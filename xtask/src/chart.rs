@@ -48,6 +48,8 @@ fn render(values: &[&str], sets: &[&str]) -> anyhow::Result<std::process::Output
         chart.to_str().context("path")?,
         "--namespace",
         NAMESPACE,
+        // The CRDs in crds/ too, as `helm install` applies them: validated like the rest.
+        "--include-crds",
     ];
     for v in values {
         args.extend(["--values", v]);
@@ -208,7 +210,12 @@ fn validate(file: &Path, case: &str) -> anyhow::Result<()> {
 
 /// Cluster-scoped kinds the chart may render; everything else lives in the release
 /// namespace.
-const CLUSTER_SCOPED: [&str; 3] = ["ClusterRole", "ClusterRoleBinding", "GatewayClass"];
+const CLUSTER_SCOPED: [&str; 4] = [
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "GatewayClass",
+    "CustomResourceDefinition",
+];
 
 fn namespaced(objects: &[Value], case: &str) -> anyhow::Result<()> {
     for o in objects {
@@ -491,6 +498,7 @@ async fn agent(work: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
     for e in container["env"].as_array().into_iter().flatten() {
         let value = match s(e, "/valueFrom/fieldRef/fieldPath") {
             "spec.nodeName" => "chart-test-node".to_owned(),
+            "metadata.namespace" => NAMESPACE.to_owned(),
             "" => s(e, "/value").to_owned(),
             other => bail!("the test does not know the downward API field {other}"),
         };

@@ -10,10 +10,15 @@ use cedille_echo::{Echo, EchoConfig};
 /// to `work/kubeconfig`.
 pub async fn api_server(work: &Path) -> anyhow::Result<ApiServer> {
     let crds = crate::conformance::data_dir()?.join("crds");
+    // The Gateway API's CRDs, and the chart's own (helm installs crds/ first).
+    let mut all = cedille_apiserver::load_crds(&crds)?;
+    all.extend(cedille_apiserver::load_crds(
+        &crate::util::root().join("helm/cedille/crds"),
+    )?);
     let api = ApiServer::start(
         "127.0.0.1:0".parse()?,
         Options {
-            crds: cedille_apiserver::load_crds(&crds)?,
+            crds: all,
             ..Default::default()
         },
     )

@@ -8,6 +8,7 @@
 //! longer needed. The connection path reads the current SVID without locks held across I/O.
 
 pub mod ca;
+pub mod certmanager;
 pub mod verify;
 
 use std::{
