@@ -21,6 +21,8 @@
 //! - `cedille-probe crr ADDR --seconds S --concurrency C`: new connection, one
 //!   request/response, close, as fast as C clients can.
 //! - `cedille-probe bulk ADDR --seconds S`: one connection streaming to a sink.
+//! - `cedille-probe idle ADDR --count N --seconds S`: opens N connections to an echo address,
+//!   each proven end to end with one byte, prints `open=N`, holds them S seconds.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -83,6 +85,14 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 4)]
         concurrency: u32,
+    },
+    /// Hold many proven, idle connections (for memory per connection).
+    Idle {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
     /// One connection streaming to a sink.
     Bulk {
@@ -379,6 +389,25 @@ fn crr(addr: SocketAddr, seconds: u64, concurrency: u32) -> Result<String, Strin
     ))
 }
 
+fn idle(addr: SocketAddr, count: u32, seconds: u64) -> Result<String, String> {
+    let mut open = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connection {i} to {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.write_all(b"x")
+            .and_then(|()| s.read_exact(&mut b))
+            .map_err(|e| format!("connection {i} to {addr}: {e}"))?;
+        open.push(s);
+    }
+    println!("open={}", open.len());
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(seconds));
+    Ok(String::new())
+}
+
 fn bulk(addr: SocketAddr, seconds: u64) -> Result<String, String> {
     let err = |what: &str, e: std::io::Error| format!("{what} {addr}: {e}");
     let mut s =
@@ -432,6 +461,11 @@ fn main() -> ExitCode {
             concurrency,
         } => crr(addr, seconds, concurrency),
         Cmd::Bulk { addr, seconds } => bulk(addr, seconds),
+        Cmd::Idle {
+            addr,
+            count,
+            seconds,
+        } => idle(addr, count, seconds),
     };
     match result {
         Ok(line) => {

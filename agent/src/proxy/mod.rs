@@ -265,6 +265,9 @@ impl Proxy {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    // Request/response traffic (and TLS records on HBONE) must not wait
+                    // for Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
                     let this = self.clone();
                     let pod = pod.clone();
                     tokio::spawn(async move {

@@ -432,7 +432,7 @@ fn cpu_jiffies() -> (u64, u64) {
 /// Waits until the machine is idle: tearing down the previous node's namespaces (tens of
 /// thousands of sockets) runs in kernel workers for seconds and would land in the next
 /// measurement's tail latency.
-fn wait_quiet() {
+pub(crate) fn wait_quiet() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut quiet = 0;
     while Instant::now() < deadline {

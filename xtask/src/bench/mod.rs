@@ -6,6 +6,7 @@
 pub(crate) mod agent;
 mod gateway;
 mod kubernetes;
+mod mesh;
 
 use std::{
     net::TcpStream,
@@ -17,7 +18,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway`, `agent` or `kubernetes`.
+    /// What to benchmark: `gateway`, `agent`, `mesh` or `kubernetes`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -45,8 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "gateway" => gateway::run(&args),
         "agent" => agent::run(&args),
         "kubernetes" => kubernetes::run(args.changes),
+        "mesh" => mesh::run(&args),
         other => bail!(
-            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent` or `kubernetes`"
+            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent`, `mesh` or `kubernetes`"
         ),
     }
 }

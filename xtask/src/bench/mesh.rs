@@ -1,0 +1,518 @@
+//! `cargo xtask bench mesh`: what mutual TLS between nodes costs. Two nodes (network
+//! namespaces, each with a bridge) joined by one link, a client pod on the first and a server
+//! pod on the second; in one run, interleaved rounds of:
+//!
+//! - **direct**: the pods are not enrolled, no agent runs (plaintext, the kernel alone);
+//! - **mesh**: an agent per node, both pods enrolled; every connection leaves the client pod
+//!   through its agent, crosses the link as HBONE (HTTP/2 CONNECT over mutual TLS 1.3) and
+//!   enters the server pod through the other agent.
+//!
+//! Figures: request/response latency at a fixed rate (p50/p99), new connections per second,
+//! one bulk stream, the agents' CPU per 1,000 requests/s, and their memory per open
+//! connection. Each (round, path) gets fresh nodes.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use cedille_harness::{self as h, Background, Bridge, Cgroup, Netns, PinDir};
+
+use super::{Args, group_usage, median};
+use crate::{
+    ebpf,
+    util::{cargo, root},
+};
+
+const ADMIN: [&str; 2] = ["127.0.0.1:15951", "127.0.0.1:15952"];
+const CLIENT_IP: &str = "10.96.0.1";
+const SERVER_IP: &str = "10.96.0.2";
+const ECHO_PORT: u16 = 7000;
+const SINK_PORT: u16 = 7001;
+const CRR_CONCURRENCY: u32 = 4;
+/// Idle connections for the memory figure.
+const IDLE: u32 = 1000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path2 {
+    Direct,
+    Mesh,
+}
+
+impl Path2 {
+    const ALL: [Path2; 2] = [Path2::Direct, Path2::Mesh];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path2::Direct => "direct (plaintext)",
+            Path2::Mesh => "mesh (HBONE, mTLS)",
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    conns_per_s: f64,
+    crr_p99_us: f64,
+    gbit_s: f64,
+    /// Both agents' CPU seconds per second, per 1,000 requests per second (rr run).
+    vcpu_per_krps: f64,
+    /// Both agents' CPU time per new connection, microseconds.
+    agent_us_per_conn: f64,
+    /// Both agents' resident memory per open connection, bytes.
+    bytes_per_conn: f64,
+}
+
+struct Pod {
+    ns: Netns,
+    cgroup: PathBuf,
+}
+
+/// Two nodes, a pod on each, the link between them.
+struct Nodes {
+    // Drop order: pods before the nodes' namespaces (bridges and veths go with them).
+    client: Pod,
+    _server: Pod,
+    _server_proc: Background,
+    _pause: Background,
+    _link_ns: [Netns; 2],
+    cgroups: [Cgroup; 2],
+    dir: PathBuf,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn uid(i: usize) -> String {
+    format!("0c0c0c0c-0000-4000-8000-00000000000{i}")
+}
+
+fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["netns", "exec", ns.name(), "sysctl", "-qw"];
+    args.extend_from_slice(settings);
+    h::run("ip", &args)
+        .map(drop)
+        .with_context(|| format!("sysctl {settings:?} in {}", ns.name()))
+}
+
+impl Nodes {
+    fn new(probe: &Path) -> anyhow::Result<Nodes> {
+        let nodes = [Netns::new("mn1")?, Netns::new("mn2")?];
+        let bridges = [Bridge::new(Some(&nodes[0]))?, Bridge::new(Some(&nodes[1]))?];
+        let (l1, l2) = h::veth_pair(Some(&nodes[0]), Some(&nodes[1]))?;
+        bridges[0].add(&l1)?;
+        bridges[1].add(&l2)?;
+        let cgroups = [Cgroup::new("mc1")?, Cgroup::new("mc2")?];
+        let mut pods = Vec::new();
+        for (i, ip) in [CLIENT_IP, SERVER_IP].into_iter().enumerate() {
+            let ns = Netns::new("mp")?;
+            let (iface, outside) = h::veth_pair(Some(&ns), Some(&nodes[i]))?;
+            ns.addr(&iface, &format!("{ip}/24"))?;
+            bridges[i].add(&outside)?;
+            sysctl(
+                &ns,
+                &[
+                    "net.ipv4.ip_local_port_range=1024 65000",
+                    "net.ipv4.tcp_tw_reuse=1",
+                ],
+            )?;
+            let cgroup = cgroups[i]
+                .path()
+                .join(format!("kubepods/besteffort/pod{}/ctr", uid(i)));
+            std::fs::create_dir_all(&cgroup)?;
+            pods.push(Pod { ns, cgroup });
+        }
+        std::mem::forget(bridges);
+        let server = pods.pop().expect("two pods");
+        let client = pods.pop().expect("two pods");
+        let mut cmd = Command::new(probe);
+        cmd.args([
+            "bench-serve",
+            &format!("0.0.0.0:{ECHO_PORT}"),
+            &format!("0.0.0.0:{SINK_PORT}"),
+        ]);
+        let server_proc = h::spawn_in(Some(&server.ns), Some(&server.cgroup), cmd)?;
+        let mut pause = Command::new("sleep");
+        pause.arg("infinity");
+        let pause = h::spawn_in(Some(&client.ns), Some(&client.cgroup), pause)?;
+        let dir = std::env::temp_dir().join(format!("cedille-bench-mesh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let n = Nodes {
+            client,
+            _server: server,
+            _server_proc: server_proc,
+            _pause: pause,
+            _link_ns: nodes,
+            cgroups,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = n.client.ns.run(|| {
+                TcpStream::connect((SERVER_IP, ECHO_PORT)).is_ok()
+                    && TcpStream::connect((SERVER_IP, SINK_PORT)).is_ok()
+            })?;
+            if up {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!("the benchmark server did not come up in the server pod");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn manifests(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("config");
+        std::fs::create_dir_all(&dir)?;
+        let mut docs = vec![
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: bench, labels: {cedille.io/mesh: enabled}}\n".to_owned(),
+        ];
+        for (i, (name, ip, sa)) in [
+            ("client", CLIENT_IP, "client"),
+            ("server", SERVER_IP, "server"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            docs.push(format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: bench, uid: {}}}\nspec: {{nodeName: node-{}, serviceAccountName: {sa}}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n",
+                uid(i),
+                i + 1
+            ));
+        }
+        std::fs::write(dir.join("pods.yaml"), docs.join("---\n"))?;
+        Ok(dir)
+    }
+
+    /// Runs `cedille-probe ARGS` in the client pod and returns its `key=value` pairs.
+    fn load(
+        &self,
+        probe: &Path,
+        args: &[&str],
+        seconds: u64,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut cmd = Command::new(probe);
+        cmd.args(args);
+        let out = h::run_in(
+            Some(&self.client.ns),
+            Some(&self.client.cgroup),
+            cmd,
+            Duration::from_secs(seconds + 60),
+        )?;
+        if !out.success() {
+            bail!("cedille-probe {args:?} failed: {}", out.stderr.trim());
+        }
+        Ok(out
+            .stdout
+            .split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
+fn get(kv: &[(String, f64)], key: &str) -> anyhow::Result<f64> {
+    kv.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| *v)
+        .with_context(|| format!("no {key} in the load generator's output"))
+}
+
+fn metric(admin: &str, series: &str) -> f64 {
+    h::http_get(admin, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Agents {
+    procs: Vec<Background>,
+    _pins: Vec<PinDir>,
+}
+
+impl Agents {
+    fn start(bin: &Path, n: &Nodes, log: &Path) -> anyhow::Result<Agents> {
+        let config = n.manifests()?;
+        let ca = n.dir.join("ca");
+        let out = Command::new(bin).args(["ca", "init"]).arg(&ca).output()?;
+        if !out.status.success() {
+            bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut procs = Vec::new();
+        let mut pins = Vec::new();
+        for (i, admin) in ADMIN.iter().enumerate() {
+            let pin = PinDir::new()?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config-dir")
+                .arg(&config)
+                .args(["--node-name", &format!("node-{}", i + 1), "--cgroup-root"])
+                .arg(n.cgroups[i].path())
+                .args(["--admin-addr", admin, "--bpf-pin-dir"])
+                .arg(pin.path())
+                .arg("--ca-dir")
+                .arg(&ca)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::options()
+                        .create(true)
+                        .append(true)
+                        .open(log)?,
+                );
+            procs.push(h::spawn_in(None, None, cmd)?);
+            pins.push(pin);
+        }
+        let agents = Agents { procs, _pins: pins };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = ADMIN.iter().all(|a| {
+                h::http_get(a, "/config")
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|c| {
+                        c["pods"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|p| p["state"] == "enrolled"))
+                            && c["identities"][0]["serial"].is_string()
+                    })
+            });
+            if ready {
+                return Ok(agents);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agents did not enroll their pods; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Both agents' CPU seconds and resident bytes.
+    fn usage(&self) -> (f64, u64) {
+        self.procs.iter().fold((0.0, 0), |(c, r), p| {
+            let (c1, r1) = group_usage(p.id());
+            (c + c1, r + r1)
+        })
+    }
+}
+
+fn measure(
+    path: Path2,
+    args: &Args,
+    bins: &(PathBuf, PathBuf),
+    log: &Path,
+) -> anyhow::Result<Figures> {
+    let (agent_bin, probe) = bins;
+    let probe = probe.as_path();
+    let n = Nodes::new(probe)?;
+    let agents = match path {
+        Path2::Direct => None,
+        Path2::Mesh => Some(Agents::start(agent_bin, &n, log)?),
+    };
+    let usage = || agents.as_ref().map_or((0.0, 0), Agents::usage);
+    let secs = args.seconds.to_string();
+    let echo = format!("{SERVER_IP}:{ECHO_PORT}");
+    let sink = format!("{SERVER_IP}:{SINK_PORT}");
+    let mut f = Figures::default();
+
+    let rate = args.rate.to_string();
+    let conns = args.connections.unwrap_or(8).to_string();
+    super::agent::wait_quiet();
+    let (c0, _) = usage();
+    let t0 = Instant::now();
+    let rr = n.load(
+        probe,
+        &[
+            "rr",
+            &echo,
+            "--rate",
+            &rate,
+            "--seconds",
+            &secs,
+            "--connections",
+            &conns,
+        ],
+        args.seconds,
+    )?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    if get(&rr, "errors")? > 0.0 || get(&rr, "requests")? < 0.95 * get(&rr, "expected")? {
+        bail!("{}: the fixed-rate run fell short: {rr:?}", path.name());
+    }
+    f.p50_us = get(&rr, "p50_us")?;
+    f.p99_us = get(&rr, "p99_us")?;
+    let (c1, _) = usage();
+    f.vcpu_per_krps = (c1 - c0) / elapsed / (f64::from(args.rate) / 1000.0);
+
+    super::agent::wait_quiet();
+    let bulk = n.load(probe, &["bulk", &sink, "--seconds", &secs], args.seconds)?;
+    f.gbit_s = get(&bulk, "gbit_per_second")?;
+
+    super::agent::wait_quiet();
+    let conc = CRR_CONCURRENCY.to_string();
+    let (c0, _) = usage();
+    let crr = n.load(
+        probe,
+        &["crr", &echo, "--seconds", &secs, "--concurrency", &conc],
+        args.seconds,
+    )?;
+    let connections = get(&crr, "connections")?;
+    f.conns_per_s = get(&crr, "per_second")?;
+    f.crr_p99_us = get(&crr, "p99_us")?;
+    f.agent_us_per_conn = (usage().0 - c0) * 1e6 / connections.max(1.0);
+    if get(&crr, "errors")? > 0.0 {
+        eprintln!("bench: {}: {crr:?}", path.name());
+    }
+
+    if agents.is_some() {
+        // Both hops carried the traffic, over HBONE.
+        let hbone = metric(
+            ADMIN[1],
+            "cedille_agent_workload_connections_total{direction=\"inbound\",source_identity=\"spiffe://cluster.local/ns/bench/sa/client\",destination_identity=\"spiffe://cluster.local/ns/bench/sa/server\"}",
+        );
+        if hbone < connections {
+            bail!(
+                "the server's agent saw {hbone} HBONE connections, fewer than the {connections} made"
+            );
+        }
+        // Memory per open connection: the agents' resident memory with IDLE proven idle
+        // connections open, against before.
+        super::agent::wait_quiet();
+        let (_, before) = usage();
+        let count = IDLE.to_string();
+        let idle_secs = "6";
+        let mut cmd = Command::new(probe);
+        cmd.args(["idle", &echo, "--count", &count, "--seconds", idle_secs])
+            .stdout(Stdio::null());
+        let holder = h::spawn_in(Some(&n.client.ns), Some(&n.client.cgroup), cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let open = |admin: &str, d: &str| {
+            metric(
+                admin,
+                &format!("cedille_agent_active_connections{{direction=\"{d}\"}}"),
+            )
+        };
+        while open(ADMIN[0], "outbound") < f64::from(IDLE)
+            || open(ADMIN[1], "inbound") < f64::from(IDLE)
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "the idle connections did not all open: {} outbound, {} inbound",
+                    open(ADMIN[0], "outbound"),
+                    open(ADMIN[1], "inbound")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, during) = usage();
+        f.bytes_per_conn = during.saturating_sub(before) as f64 / f64::from(IDLE);
+        drop(holder);
+    }
+    drop(agents);
+    drop(n);
+    Ok(f)
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    h::require_privileges();
+    let obj = ebpf::build()?;
+    cargo(&["build", "--release", "-p", "cedille-agent"])
+        .env(ebpf::OBJECT_ENV, &obj)
+        .run()?;
+    let release = root().join("target/release");
+    let bins = (release.join("cedille-agent"), release.join("cedille-probe"));
+    let log = std::env::temp_dir().join("cedille-bench-mesh.log");
+    let _ = std::fs::remove_file(&log);
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 2];
+    for round in 1..=args.rounds {
+        for (i, path) in Path2::ALL.into_iter().enumerate() {
+            eprintln!("bench: round {round}/{}: {}", args.rounds, path.name());
+            results[i].push(measure(path, args, &bins, &log)?);
+        }
+    }
+    report(args, &results);
+    Ok(())
+}
+
+fn report(args: &Args, results: &[Vec<Figures>]) {
+    let med = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
+    println!(
+        "\ncedille-agent, a pod on each of two nodes; medians of {} rounds of {} s per measurement",
+        args.rounds, args.seconds
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>9} {:>9} {:>7} {:>16} {:>14} {:>13}",
+        "path",
+        "p50 µs",
+        "p99 µs",
+        "conn/s",
+        "conn p99",
+        "Gbit/s",
+        "vCPU per krps",
+        "agents µs/conn",
+        "bytes/conn"
+    );
+    for (i, path) in Path2::ALL.into_iter().enumerate() {
+        let agent = |v: f64, prec: usize| {
+            if path == Path2::Direct {
+                "-".to_owned()
+            } else {
+                format!("{v:.prec$}")
+            }
+        };
+        println!(
+            "{:<20} {:>8.1} {:>8.1} {:>9.0} {:>9.1} {:>7.2} {:>16} {:>14} {:>13}",
+            path.name(),
+            med(i, |f| f.p50_us),
+            med(i, |f| f.p99_us),
+            med(i, |f| f.conns_per_s),
+            med(i, |f| f.crr_p99_us),
+            med(i, |f| f.gbit_s),
+            agent(med(i, |f| f.vcpu_per_krps), 3),
+            agent(med(i, |f| f.agent_us_per_conn), 1),
+            agent(med(i, |f| f.bytes_per_conn), 0),
+        );
+    }
+    let (d, m) = (0, 1);
+    let added_p99_ms = (med(m, |f| f.p99_us) - med(d, |f| f.p99_us)) / 1000.0;
+    let added_p50_ms = (med(m, |f| f.p50_us) - med(d, |f| f.p50_us)) / 1000.0;
+    let bulk = med(m, |f| f.gbit_s) / med(d, |f| f.gbit_s);
+    let vcpu_both = med(m, |f| f.vcpu_per_krps);
+    println!(
+        "\nfixed rate: {} req/s over {} connections; connection rate: {CRR_CONCURRENCY} clients; bulk: one stream",
+        args.rate,
+        args.connections.unwrap_or(8)
+    );
+    println!("targets (Istio ambient's published figures for ztunnel):");
+    let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "  added p99, both hops: {added_p99_ms:.3} ms (p50 {added_p50_ms:.3} ms); target <= 0.2 ms: {}",
+        mark(added_p99_ms <= 0.2)
+    );
+    println!(
+        "  bulk through the mesh: {:.0}% of direct; target >= 70%: {}",
+        bulk * 100.0,
+        mark(bulk >= 0.7)
+    );
+    println!(
+        "  agent CPU: {:.3} vCPU per 1,000 req/s per agent ({vcpu_both:.3} for both); target < 0.06: {}",
+        vcpu_both / 2.0,
+        mark(vcpu_both / 2.0 < 0.06)
+    );
+}
