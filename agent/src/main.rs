@@ -105,6 +105,9 @@ struct Args {
     /// cert-manager returns with each certificate). Read again at each renewal.
     #[arg(long, env = "CEDILLE_TRUST_BUNDLE")]
     trust_bundle: Option<PathBuf>,
+    /// Threads carrying connections (0: one per CPU).
+    #[arg(long, env = "CEDILLE_WORKER_THREADS", default_value_t = 1)]
+    worker_threads: usize,
     /// The agent's namespace, where it makes CertificateRequests.
     #[arg(long, env = "POD_NAMESPACE", default_value = "cedille-system")]
     namespace: String,
@@ -131,9 +134,28 @@ enum FailurePolicy {
     Open,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // One thread by default: on the connection path every hop is a socket read, some
+    // crypto and a write, and a second worker mostly adds wake-ups between threads (`cargo
+    // xtask bench mesh`: less CPU per request and a lower p99 than with two).
+    let runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(if n == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                n
+            })
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.print_permissions {
         println!(
             "{}",

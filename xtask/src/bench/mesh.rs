@@ -5,7 +5,9 @@
 //! - **direct**: the pods are not enrolled, no agent runs (plaintext, the kernel alone);
 //! - **mesh**: an agent per node, both pods enrolled; every connection leaves the client pod
 //!   through its agent, crosses the link as HBONE (HTTP/2 CONNECT over mutual TLS 1.3) and
-//!   enters the server pod through the other agent.
+//!   enters the server pod through the other agent;
+//! - **mesh, same node**: both pods on the first node, one agent: HBONE as well (identity
+//!   and policy do not depend on placement), which is what it costs.
 //!
 //! Figures: request/response latency at a fixed rate (p50/p99), new connections per second,
 //! one bulk stream, the agents' CPU per 1,000 requests/s, and their memory per open
@@ -37,19 +39,26 @@ const CRR_CONCURRENCY: u32 = 4;
 const IDLE: u32 = 1000;
 
 #[derive(Clone, Copy, PartialEq)]
-enum Path2 {
+enum Path3 {
     Direct,
     Mesh,
+    SameNode,
 }
 
-impl Path2 {
-    const ALL: [Path2; 2] = [Path2::Direct, Path2::Mesh];
+impl Path3 {
+    const ALL: [Path3; 3] = [Path3::Direct, Path3::Mesh, Path3::SameNode];
 
     fn name(self) -> &'static str {
         match self {
-            Path2::Direct => "direct (plaintext)",
-            Path2::Mesh => "mesh (HBONE, mTLS)",
+            Path3::Direct => "direct (plaintext)",
+            Path3::Mesh => "mesh (HBONE, mTLS)",
+            Path3::SameNode => "mesh, same node",
         }
+    }
+
+    /// The server pod's node (0 or 1).
+    fn server_node(self) -> usize {
+        if self == Path3::SameNode { 0 } else { 1 }
     }
 }
 
@@ -75,6 +84,7 @@ struct Pod {
 
 /// Two nodes, a pod on each, the link between them.
 struct Nodes {
+    server_node: usize,
     // Drop order: pods before the nodes' namespaces (bridges and veths go with them).
     client: Pod,
     _server: Pod,
@@ -104,7 +114,7 @@ fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Nodes {
-    fn new(probe: &Path) -> anyhow::Result<Nodes> {
+    fn new(probe: &Path, server_node: usize) -> anyhow::Result<Nodes> {
         let nodes = [Netns::new("mn1")?, Netns::new("mn2")?];
         let bridges = [Bridge::new(Some(&nodes[0]))?, Bridge::new(Some(&nodes[1]))?];
         let (l1, l2) = h::veth_pair(Some(&nodes[0]), Some(&nodes[1]))?;
@@ -114,9 +124,10 @@ impl Nodes {
         let mut pods = Vec::new();
         for (i, ip) in [CLIENT_IP, SERVER_IP].into_iter().enumerate() {
             let ns = Netns::new("mp")?;
-            let (iface, outside) = h::veth_pair(Some(&ns), Some(&nodes[i]))?;
+            let node = if i == 0 { 0 } else { server_node };
+            let (iface, outside) = h::veth_pair(Some(&ns), Some(&nodes[node]))?;
             ns.addr(&iface, &format!("{ip}/24"))?;
-            bridges[i].add(&outside)?;
+            bridges[node].add(&outside)?;
             sysctl(
                 &ns,
                 &[
@@ -124,7 +135,7 @@ impl Nodes {
                     "net.ipv4.tcp_tw_reuse=1",
                 ],
             )?;
-            let cgroup = cgroups[i]
+            let cgroup = cgroups[node]
                 .path()
                 .join(format!("kubepods/besteffort/pod{}/ctr", uid(i)));
             std::fs::create_dir_all(&cgroup)?;
@@ -147,6 +158,7 @@ impl Nodes {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let n = Nodes {
+            server_node,
             client,
             _server: server,
             _server_proc: server_proc,
@@ -187,7 +199,7 @@ impl Nodes {
             docs.push(format!(
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: bench, uid: {}}}\nspec: {{nodeName: node-{}, serviceAccountName: {sa}}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n",
                 uid(i),
-                i + 1
+                if i == 0 { 1 } else { self.server_node + 1 }
             ));
         }
         std::fs::write(dir.join("pods.yaml"), docs.join("---\n"))?;
@@ -279,8 +291,9 @@ impl Agents {
         }
         let agents = Agents { procs, _pins: pins };
         let deadline = Instant::now() + Duration::from_secs(20);
+        let with_pods = if n.server_node == 0 { 1 } else { 2 };
         loop {
-            let ready = ADMIN.iter().all(|a| {
+            let ready = ADMIN[..with_pods].iter().all(|a| {
                 h::http_get(a, "/config")
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                     .is_some_and(|c| {
@@ -313,17 +326,17 @@ impl Agents {
 }
 
 fn measure(
-    path: Path2,
+    path: Path3,
     args: &Args,
     bins: &(PathBuf, PathBuf),
     log: &Path,
 ) -> anyhow::Result<Figures> {
     let (agent_bin, probe) = bins;
     let probe = probe.as_path();
-    let n = Nodes::new(probe)?;
+    let n = Nodes::new(probe, path.server_node())?;
     let agents = match path {
-        Path2::Direct => None,
-        Path2::Mesh => Some(Agents::start(agent_bin, &n, log)?),
+        Path3::Direct => None,
+        Path3::Mesh | Path3::SameNode => Some(Agents::start(agent_bin, &n, log)?),
     };
     let usage = || agents.as_ref().map_or((0.0, 0), Agents::usage);
     let secs = args.seconds.to_string();
@@ -381,8 +394,9 @@ fn measure(
 
     if agents.is_some() {
         // Both hops carried the traffic, over HBONE.
+        let server_admin = ADMIN[n.server_node];
         let hbone = metric(
-            ADMIN[1],
+            server_admin,
             "cedille_agent_workload_connections_total{direction=\"inbound\",source_identity=\"spiffe://cluster.local/ns/bench/sa/client\",destination_identity=\"spiffe://cluster.local/ns/bench/sa/server\"}",
         );
         if hbone < connections {
@@ -408,13 +422,13 @@ fn measure(
             )
         };
         while open(ADMIN[0], "outbound") < f64::from(IDLE)
-            || open(ADMIN[1], "inbound") < f64::from(IDLE)
+            || open(server_admin, "inbound") < f64::from(IDLE)
         {
             if Instant::now() > deadline {
                 bail!(
                     "the idle connections did not all open: {} outbound, {} inbound",
                     open(ADMIN[0], "outbound"),
-                    open(ADMIN[1], "inbound")
+                    open(server_admin, "inbound")
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -439,9 +453,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bins = (release.join("cedille-agent"), release.join("cedille-probe"));
     let log = std::env::temp_dir().join("cedille-bench-mesh.log");
     let _ = std::fs::remove_file(&log);
-    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 2];
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); Path3::ALL.len()];
     for round in 1..=args.rounds {
-        for (i, path) in Path2::ALL.into_iter().enumerate() {
+        for (i, path) in Path3::ALL.into_iter().enumerate() {
             eprintln!("bench: round {round}/{}: {}", args.rounds, path.name());
             results[i].push(measure(path, args, &bins, &log)?);
         }
@@ -468,9 +482,9 @@ fn report(args: &Args, results: &[Vec<Figures>]) {
         "agents µs/conn",
         "bytes/conn"
     );
-    for (i, path) in Path2::ALL.into_iter().enumerate() {
+    for (i, path) in Path3::ALL.into_iter().enumerate() {
         let agent = |v: f64, prec: usize| {
-            if path == Path2::Direct {
+            if path == Path3::Direct {
                 "-".to_owned()
             } else {
                 format!("{v:.prec$}")
@@ -489,11 +503,12 @@ fn report(args: &Args, results: &[Vec<Figures>]) {
             agent(med(i, |f| f.bytes_per_conn), 0),
         );
     }
-    let (d, m) = (0, 1);
+    let (d, m, same) = (0, 1, 2);
     let added_p99_ms = (med(m, |f| f.p99_us) - med(d, |f| f.p99_us)) / 1000.0;
     let added_p50_ms = (med(m, |f| f.p50_us) - med(d, |f| f.p50_us)) / 1000.0;
     let bulk = med(m, |f| f.gbit_s) / med(d, |f| f.gbit_s);
     let vcpu_both = med(m, |f| f.vcpu_per_krps);
+    let same_p99_ms = (med(same, |f| f.p99_us) - med(d, |f| f.p99_us)) / 1000.0;
     println!(
         "\nfixed rate: {} req/s over {} connections; connection rate: {CRR_CONCURRENCY} clients; bulk: one stream",
         args.rate,
@@ -514,5 +529,10 @@ fn report(args: &Args, results: &[Vec<Figures>]) {
         "  agent CPU: {:.3} vCPU per 1,000 req/s per agent ({vcpu_both:.3} for both); target < 0.06: {}",
         vcpu_both / 2.0,
         mark(vcpu_both / 2.0 < 0.06)
+    );
+    println!(
+        "same node through HBONE (one agent, both hops): added p99 {same_p99_ms:.3} ms, {:.3} vCPU per 1,000 req/s, {:.0}% of direct bulk",
+        med(same, |f| f.vcpu_per_krps),
+        med(same, |f| f.gbit_s) / med(d, |f| f.gbit_s) * 100.0
     );
 }

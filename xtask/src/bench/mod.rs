@@ -55,8 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Each process started here leads its own process group (nginx forks its workers).
 fn kill_group(child: &Child) {
-    // SAFETY: signals a process group this benchmark created.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Runs `program` pinned to `cpu`, as the leader of a new process group.
@@ -82,14 +84,10 @@ fn spawn_pinned(
 
 /// Pins the calling thread, and the threads it starts later, to one CPU.
 fn pin_self(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-        }
-    }
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(cpu).context("CPU index")?;
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("sched_setaffinity")?;
     Ok(())
 }
 
