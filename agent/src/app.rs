@@ -29,6 +29,8 @@ use crate::{
 /// How often pods that cannot be enrolled yet (no cgroup, no process) are retried, and the
 /// directory rescanned in case a change notification was missed.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often everything is reconciled when nothing changed.
+const FULL_RECONCILE: Duration = Duration::from_secs(10);
 
 /// Where the agent's objects come from.
 #[derive(Clone, Debug)]
@@ -81,20 +83,33 @@ pub async fn start(
             None => Source::Kube(connect(&node_name).await),
         };
         let mut retry = tokio::time::interval(RETRY);
+        let mut last_full = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = source.changed() => {}
                 _ = retry.tick() => {}
             }
-            if source.sync(&mut store) {
+            let changed = source.sync(&mut store);
+            if changed {
                 loop_node.set_manifest_errors(store.errors());
             }
+            let ready = loop_ready.load(Ordering::Relaxed);
             // Enrolling from a partial view would un-enroll pods that are merely not
             // listed yet.
-            if !source.synced() && !loop_ready.load(Ordering::Relaxed) {
+            if !source.synced() && !ready {
                 continue;
             }
-            loop_node.reconcile(Mesh::build(&store, &node_name));
+            // Nothing new: only pods waiting to be enrolled are retried every second, and
+            // everything (vanished cgroups, stale pins) every FULL_RECONCILE.
+            if ready && !changed && !loop_node.waiting() && last_full.elapsed() < FULL_RECONCILE {
+                continue;
+            }
+            last_full = std::time::Instant::now();
+            let mesh = Mesh::build(&store, &node_name);
+            // Off the connection path's threads: enrollment makes system calls (eBPF maps,
+            // namespaces) that must not stall connections in flight.
+            let node = loop_node.clone();
+            let _ = tokio::task::spawn_blocking(move || node.reconcile(mesh)).await;
             loop_ready.store(true, Ordering::Relaxed);
         }
     });

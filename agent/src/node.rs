@@ -90,6 +90,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     identities: Option<Arc<Identities>>,
     manifest_errors: Mutex<Vec<crate::objects::ManifestError>>,
+    /// Pods left waiting by the last reconcile.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Node {
@@ -123,6 +125,7 @@ impl Node {
             metrics,
             identities,
             manifest_errors: Mutex::new(Vec::new()),
+            waiting: Default::default(),
         })
     }
 
@@ -150,6 +153,13 @@ impl Node {
         self.proxy.set_mesh(mesh);
         self.metrics.enrolled_pods.set(counts.enrolled as i64);
         self.metrics.waiting_pods.set(counts.waiting as i64);
+        self.waiting
+            .store(counts.waiting, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the last reconcile left pods waiting (no cgroup or process yet).
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Un-enrolls every pod (used on uninstall); normal shutdown leaves pods enrolled.

@@ -59,8 +59,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDENTITY_WAIT: Duration = Duration::from_secs(10);
 /// Connections remembered for `/config`.
 const RECENT: usize = 64;
-/// Copy buffer per direction.
-const COPY_BUF: usize = 64 * 1024;
+/// Copy buffer per direction: one TLS record's worth (an idle connection holds two).
+const COPY_BUF: usize = 16 * 1024;
 /// `identity` label value for a peer without one.
 pub const UNKNOWN: &str = "unknown";
 

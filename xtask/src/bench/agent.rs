@@ -92,7 +92,7 @@ pub(crate) struct Node {
     cgroups: Cgroup,
 }
 
-fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["netns", "exec", ns.name(), "sysctl", "-qw"];
     args.extend_from_slice(settings);
     h::run("ip", &args)
@@ -244,33 +244,45 @@ impl Node {
         args: &[&str],
         seconds: u64,
     ) -> anyhow::Result<Vec<(String, f64)>> {
-        let mut cmd = Command::new(probe);
-        cmd.args(args);
-        let out = h::run_in(
-            Some(&self.client.ns),
-            Some(&self.client.cgroup),
-            cmd,
-            Duration::from_secs(seconds + 30),
-        )?;
-        if !out.success() {
-            bail!("cedille-probe {args:?} failed: {}", out.stderr.trim());
-        }
-        Ok(out
-            .stdout
-            .split_whitespace()
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect())
+        load_in(&self.client.ns, &self.client.cgroup, probe, args, seconds)
     }
+}
+
+/// Runs `cedille-probe ARGS` in a pod (namespace and cgroup) and returns its `key=value`
+/// pairs.
+pub(crate) fn load_in(
+    ns: &Netns,
+    cgroup: &Path,
+    probe: &Path,
+    args: &[&str],
+    seconds: u64,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut cmd = Command::new(probe);
+    cmd.args(args);
+    let out = h::run_in(
+        Some(ns),
+        Some(cgroup),
+        cmd,
+        Duration::from_secs(seconds + 60),
+    )?;
+    if !out.success() {
+        bail!("cedille-probe {args:?} failed: {}", out.stderr.trim());
+    }
+    Ok(out
+        .stdout
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
 }
 
 fn uid(i: usize) -> String {
     format!("0b0b0b0b-0000-4000-8000-00000000000{i}")
 }
 
-fn get(kv: &[(String, f64)], key: &str) -> anyhow::Result<f64> {
+pub(crate) fn get(kv: &[(String, f64)], key: &str) -> anyhow::Result<f64> {
     kv.iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| *v)

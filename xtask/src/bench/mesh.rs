@@ -20,10 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use cedille_harness::{self as h, Background, Bridge, Cgroup, Netns, PinDir};
 
-use super::{Args, group_usage, median};
+use super::{
+    Args,
+    agent::{get, load_in, sysctl},
+    group_usage, median,
+};
 use crate::{
     ebpf,
     util::{cargo, root},
@@ -103,14 +107,6 @@ impl Drop for Nodes {
 
 fn uid(i: usize) -> String {
     format!("0c0c0c0c-0000-4000-8000-00000000000{i}")
-}
-
-fn sysctl(ns: &Netns, settings: &[&str]) -> anyhow::Result<()> {
-    let mut args = vec!["netns", "exec", ns.name(), "sysctl", "-qw"];
-    args.extend_from_slice(settings);
-    h::run("ip", &args)
-        .map(drop)
-        .with_context(|| format!("sysctl {settings:?} in {}", ns.name()))
 }
 
 impl Nodes {
@@ -213,33 +209,8 @@ impl Nodes {
         args: &[&str],
         seconds: u64,
     ) -> anyhow::Result<Vec<(String, f64)>> {
-        let mut cmd = Command::new(probe);
-        cmd.args(args);
-        let out = h::run_in(
-            Some(&self.client.ns),
-            Some(&self.client.cgroup),
-            cmd,
-            Duration::from_secs(seconds + 60),
-        )?;
-        if !out.success() {
-            bail!("cedille-probe {args:?} failed: {}", out.stderr.trim());
-        }
-        Ok(out
-            .stdout
-            .split_whitespace()
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect())
+        load_in(&self.client.ns, &self.client.cgroup, probe, args, seconds)
     }
-}
-
-fn get(kv: &[(String, f64)], key: &str) -> anyhow::Result<f64> {
-    kv.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| *v)
-        .with_context(|| format!("no {key} in the load generator's output"))
 }
 
 fn metric(admin: &str, series: &str) -> f64 {
