@@ -107,6 +107,7 @@ async fn check() -> anyhow::Result<()> {
             &bin.join("cedille-agent"),
             &node,
             false,
+            true,
             &work.join("agent.log"),
         )
     })?;
@@ -138,8 +139,17 @@ async fn check() -> anyhow::Result<()> {
                 ],
                 1,
             )?;
-            // A connection to a closed port: the agent's onward connect fails.
+            // A connection to a closed port: the agent's onward connect fails (HBONE 503).
             let _ = node.load(&probe, &["connect", &format!("{SERVER_IP}:1"), "500"], 1);
+            // One the policy denies (HBONE 401).
+            let _ = node.load(&probe, &["connect", &format!("{SERVER_IP}:7002"), "500"], 1);
+            // A client outside the mesh that opens the server's HBONE port and says
+            // nothing: a failed mutual TLS handshake.
+            let _ = node.load_outside_mesh(
+                &probe,
+                &["connect", &format!("{SERVER_IP}:15008"), "300"],
+                1,
+            );
             Ok(())
         })?;
     }

@@ -237,6 +237,26 @@ impl Node {
         Ok(())
     }
 
+    /// Runs `cedille-probe ARGS` in the client pod's network namespace but outside its
+    /// cgroup, so the agent does not capture it: a host outside the mesh. Its output is
+    /// not read.
+    pub(crate) fn load_outside_mesh(
+        &self,
+        probe: &Path,
+        args: &[&str],
+        seconds: u64,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new(probe);
+        cmd.args(args);
+        h::run_in(
+            Some(&self.client.ns),
+            None,
+            cmd,
+            Duration::from_secs(seconds + 5),
+        )?;
+        Ok(())
+    }
+
     /// Runs `cedille-probe ARGS` in the client pod and returns its `key=value` line.
     pub(crate) fn load(
         &self,
@@ -328,10 +348,14 @@ impl Drop for TempDir {
 }
 
 impl Agent {
+    /// Starts the agent on `node`: in plaintext (this benchmark measures capture, eBPF
+    /// against iptables; `bench mesh` measures mutual TLS), or with `mtls`, a CA of its own
+    /// and a policy denying the server's port 7002 (the dashboards check shows it all).
     pub(crate) fn start(
         bin: &Path,
         node: &Node,
         no_ebpf: bool,
+        mtls: bool,
         log: &Path,
     ) -> anyhow::Result<Agent> {
         let dir = TempDir(std::env::temp_dir().join(format!(
@@ -342,6 +366,20 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir.0);
         std::fs::create_dir_all(&dir.0)?;
         node.manifests(&dir.0)?;
+        let identity = if mtls {
+            let ca = dir.0.join("ca");
+            let out = Command::new(bin).args(["ca", "init"]).arg(&ca).output()?;
+            if !out.status.success() {
+                bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(
+                dir.0.join("policy.yaml"),
+                "apiVersion: cedille.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: no-7002, namespace: bench}\nspec: {action: Deny, rules: [{ports: [7002]}]}\n",
+            )?;
+            vec!["--ca-dir".into(), ca.into_os_string()]
+        } else {
+            vec!["--plaintext".into()]
+        };
         let pins = PinDir::new()?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config-dir")
@@ -350,9 +388,7 @@ impl Agent {
             .arg(node.cgroups.path())
             .args(["--admin-addr", ADMIN, "--bpf-pin-dir"])
             .arg(pins.path())
-            // This benchmark measures capture (eBPF against iptables); `bench mesh` measures
-            // mutual TLS.
-            .arg("--plaintext")
+            .args(&identity)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(
@@ -473,9 +509,9 @@ fn measure(
         Path3::Kernel => None,
         Path3::Iptables => {
             node.iptables()?;
-            Some(Agent::start(agent_bin, &node, true, log)?)
+            Some(Agent::start(agent_bin, &node, true, false, log)?)
         }
-        Path3::Ebpf => Some(Agent::start(agent_bin, &node, false, log)?),
+        Path3::Ebpf => Some(Agent::start(agent_bin, &node, false, false, log)?),
     };
     let cpu = || agent.as_ref().map_or(0.0, Agent::cpu);
     let secs = args.seconds.to_string();
