@@ -112,6 +112,8 @@ pub enum Unmatched {
     Misdirected,
     NoRouteForHost,
     NoMatch,
+    /// HTTP/1 framing refused (duplicate Host, Content-Length with Transfer-Encoding, ...).
+    BadFraming,
 }
 
 impl Unmatched {
@@ -122,6 +124,7 @@ impl Unmatched {
             Unmatched::Misdirected => "misdirected",
             Unmatched::NoRouteForHost => "no_route_for_host",
             Unmatched::NoMatch => "no_match",
+            Unmatched::BadFraming => "bad_framing",
         }
     }
 }

@@ -18,31 +18,175 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// RFC 9112 section 6.3: the framing is Transfer-Encoding's alone and the connection closes
-/// after the response, so a request smuggled behind it is never read, let alone forwarded.
+/// HTTP/1.1 requests whose framing or target a proxy must refuse rather than interpret
+/// (request smuggling: CL.TE, TE.CL, TE obfuscations, duplicate Content-Length, bad chunks,
+/// bare LF, obs-fold, control bytes; RFC 9112 sections 2.2, 3.2, 5.2, 6.1, 6.3, 7.1). Each
+/// gets a clear status (or the connection closed before anything is parsed), nothing is
+/// forwarded, and a request smuggled behind it is never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_with_transfer_encoding_cannot_smuggle() {
+async fn http1_framing_that_could_smuggle_is_refused() {
+    let env = Env::start(&[("r.yaml", &route("r", "/"))], |_| {}).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Content-Length with Transfer-Encoding: hyper's parser lets chunked win, drops
+    // Content-Length before the gateway sees the request, and closes the connection after
+    // the response (RFC 9112 6.3 allows this); refusing it with 400, as Envoy does, needs a
+    // parser that reports both (issue 13's HTTP/1 codec). Either way nothing is smuggled.
+    // (Not in the table: a malformed chunk extension, and a bare LF ending a header line.
+    // hyper skips extensions and re-chunks the body, and httparse takes a bare LF as a line
+    // end, as RFC 9112 2.2 allows; the backend gets neither, so the framing stays
+    // unambiguous. Refusing them also waits for that codec.)
+    let te_wins = ["/cl-te", "/te-cl"];
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "CL.TE",
+            "POST /cl-te HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            &["400", "200"],
+        ),
+        (
+            "TE.CL",
+            "POST /te-cl HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            &["400", "200"],
+        ),
+        (
+            "TE identity, chunked",
+            "POST /te-identity HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+            &["501"],
+        ),
+        (
+            "TE chunked, identity",
+            "POST /te-last HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            &["400"],
+        ),
+        (
+            "TE xchunked",
+            "POST /te-x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            &["400"],
+        ),
+        (
+            "two Transfer-Encoding fields",
+            "POST /te-twice HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
+            &["400"],
+        ),
+        (
+            "two Content-Length values",
+            "POST /cl-twice HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            &["400"],
+        ),
+        (
+            "two Host fields",
+            "GET /two-hosts HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            &["400"],
+        ),
+        (
+            "chunk size overflow",
+            "POST /chunk-overflow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nx\r\n0\r\n\r\n",
+            &["400"],
+        ),
+        (
+            "obs-fold",
+            "GET /obs-fold HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+            &["400", ""],
+        ),
+        (
+            "NUL in a header value",
+            "GET /nul HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+            &["400", ""],
+        ),
+        (
+            "control byte in the request line",
+            "GET /ctl\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            &["400", ""],
+        ),
+        (
+            "space before the colon",
+            "GET /space HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n",
+            &["400", ""],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, request, allowed) in cases {
+        let reply = raw(env.addr(), format!("{request}{smuggled}").as_bytes()).await;
+        let status = reply
+            .strip_prefix("HTTP/1.1 ")
+            .map(|r| &r[..3])
+            .unwrap_or("");
+        if !allowed.contains(&status) {
+            wrong.push(format!(
+                "{name}: answered {status:?}, expected one of {allowed:?}"
+            ));
+        }
+        if reply.matches("HTTP/1.1 ").count() > 1 {
+            wrong.push(format!(
+                "{name}: a second response, for the smuggled request"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let seen: Vec<String> = env
+        .echo
+        .seen()
+        .into_iter()
+        .filter(|p| !te_wins.iter().any(|t| p.starts_with(t)))
+        .collect();
+    assert!(seen.is_empty(), "requests reached the backend: {seen:?}");
+}
+
+/// An absolute-form request-target is routed by its authority, and the backend gets that
+/// authority as Host, not the client's Host field (RFC 9112 3.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_replaces_the_host_field() {
     let env = Env::start(&[("r.yaml", &route("r", "/"))], |_| {}).await;
     let reply = raw(
         env.addr(),
-        b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://target.example/abs HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(
-        reply.matches("HTTP/1.1 ").count(),
-        1,
-        "one response, then the connection closes: {reply}"
-    );
-    let seen = env.echo.seen();
-    assert!(!seen.iter().any(|p| p.starts_with("/smuggled")), "{seen:?}");
-    if reply.starts_with("HTTP/1.1 200") {
-        let body = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
-        let echoed = json(body.as_bytes());
-        assert!(
-            echoed["headers"].get("Content-Length").is_none(),
-            "{echoed}"
-        );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
+    let echoed = json(body.as_bytes());
+    assert_eq!(echoed["host"], "target.example", "{echoed}");
+}
+
+/// A backend that answers in HTTP/1.0: the client still gets an HTTP/1.1 status line and
+/// keeps its connection (RFC 9110 6.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_backend_is_answered_in_http11() {
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_addr = old.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = old.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nold")
+                    .await;
+            });
+        }
+    });
+    let old_route = route("old", "/old").replace("name: echo", "name: old");
+    let env = Env::start(
+        &[
+            ("r.yaml", &old_route),
+            ("old.yaml", &support::service("old", old_addr)),
+        ],
+        |_| {},
+    )
+    .await;
+    let mut c = Conn::open(env.addr()).await.unwrap();
+    for _ in 0..2 {
+        let (status, _, body) = c.request("GET", "/old", &[], Bytes::new()).await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"old"[..]));
     }
+    let reply = raw(
+        env.addr(),
+        b"GET /old HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,87 @@ fn simple(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
+/// A refusal after which the connection must not be reused: the request's framing cannot
+/// be trusted, so whatever follows it on the connection is not read.
+fn refuse_and_close(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = simple(status, msg);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// HTTP/1.x framing a proxy must refuse rather than interpret (request smuggling): more
+/// than one Host field (RFC 9112 3.2); Transfer-Encoding together with Content-Length
+/// (refused outright, as Envoy does, rather than letting chunked win, RFC 9112 6.3);
+/// chunked not the final coding (400) or a coding we do not implement (501, RFC 9112 6.1).
+fn framing_error<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    if req.version() >= hyper::Version::HTTP_2 {
+        return None;
+    }
+    let h = req.headers();
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Some((StatusCode::BAD_REQUEST, "more than one Host header"));
+    }
+    let te: Vec<String> = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if te.is_empty() {
+        return None;
+    }
+    if h.contains_key(header::CONTENT_LENGTH) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if te.last().map(String::as_str) != Some("chunked") {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "chunked must be the final transfer coding",
+        ));
+    }
+    if te.len() > 1 {
+        return Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer codings other than chunked are not implemented",
+        ));
+    }
+    None
+}
+
+/// The client's request body failed while it was being forwarded (a malformed chunk, say):
+/// the client's fault, answered 400, not a backend failure.
+#[derive(Debug)]
+struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether `e`, or an error it was caused by, is the client's body failing.
+fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 pub async fn handle(
     shared: Arc<Shared>,
     port: Arc<PortConfig>,
@@ -121,6 +202,10 @@ async fn route(
         simple(status, msg)
     };
 
+    if let Some((status, why)) = framing_error(&req) {
+        shared.metrics.unmatched(protocol, Unmatched::BadFraming);
+        return refuse_and_close(status, why);
+    }
     let Some(host) = headers::request_host(&req) else {
         return unmatched(
             Unmatched::MissingHost,
@@ -358,15 +443,17 @@ async fn process(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    // The target's authority wins over the Host field (an absolute-form request-target,
+    // RFC 9112 3.2.2; HTTP/2's :authority).
     let mut authority = host.clone();
-    if let Some(orig) = parts
+    if let Some(a) = parts.uri.authority() {
+        authority = a.as_str().to_owned();
+    } else if let Some(orig) = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
     {
         authority = orig.to_owned();
-    } else if let Some(a) = parts.uri.authority() {
-        authority = a.as_str().to_owned();
     }
     let filters = rule.filters.iter().chain(backend.filters.iter());
     let mut response_edits = Vec::new();
@@ -441,7 +528,7 @@ async fn process(
             None,
             Some(
                 body.map_frame(move |f| count(&counted, f))
-                    .map_err(|e| Box::new(e) as BoxError)
+                    .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
                     .boxed(),
             ),
         )
@@ -512,6 +599,10 @@ async fn process(
                 }
                 return simple(StatusCode::GATEWAY_TIMEOUT, "backend request timeout");
             }
+            Ok(Err(super::upstream::SendError::Http(e))) if caused_by_client_body(&e) => {
+                debug!(%addr, error = %e, "the client's request body failed");
+                return refuse_and_close(StatusCode::BAD_REQUEST, "malformed request body");
+            }
             Ok(Err(e)) => {
                 debug!(%addr, error = %e, "upstream request failed");
                 let status = if e.is_connect() {
@@ -553,6 +644,9 @@ async fn process(
             tokio::spawn(super::tunnel::join(client, backend));
         }
         let (mut rparts, rbody) = resp.into_parts();
+        // The gateway answers in its own HTTP version, whatever the backend's (RFC 9110
+        // 6.2): an HTTP/1.0 status line would end the client's keep-alive.
+        rparts.version = hyper::Version::HTTP_11;
         headers::strip_hop_by_hop(&mut rparts.headers, switching);
         if switching {
             rparts
