@@ -1,6 +1,7 @@
 //! HTTP/2 abuse from a raw-frame client (Python, hyperframe + hpack: h2's own packages,
-//! no code shared with the gateway): each flood ends in a GOAWAY with ENHANCE_YOUR_CALM,
-//! a normal client keeps being served meanwhile, and memory comes back.
+//! no code shared with the gateway): each flood (rapid reset, CONTINUATION, empty DATA, an
+//! oversized header list, SETTINGS, PING) ends in a GOAWAY with ENHANCE_YOUR_CALM, a normal
+//! client keeps being served meanwhile, and memory comes back.
 
 mod support;
 
@@ -72,6 +73,9 @@ async fn http2_floods_end_in_goaway_and_leave_nothing_behind() {
         ("empty_data", "20000"),
         // A header list far over the limit.
         ("big_headers", "200"),
+        // Control frames the server must answer, far faster than any client sends them.
+        ("settings", "20000"),
+        ("ping", "20000"),
     ] {
         let r = tokio::task::spawn_blocking(move || abuse(addr, mode, count))
             .await

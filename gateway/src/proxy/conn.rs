@@ -102,7 +102,8 @@ impl Acceptor {
         let info = Arc::new(ConnInfo::new(peer, None));
         metrics.connection(usize::from(h2));
         if h2 {
-            Box::pin(self.serve_h2(TokioIo::new(stream), info)).await;
+            let guarded = super::flood::FloodGuard::new(stream, true);
+            Box::pin(self.serve_h2(TokioIo::new(guarded), info)).await;
         } else {
             self.serve_h1(TokioIo::new(stream), info).await;
         }
@@ -134,7 +135,8 @@ impl Acceptor {
         let info = Arc::new(ConnInfo::new(peer, Some(sni)));
         // ALPN decided the protocol.
         if h2 {
-            self.serve_h2(TokioIo::new(tls), info).await;
+            let guarded = super::flood::FloodGuard::new(tls, true);
+            self.serve_h2(TokioIo::new(guarded), info).await;
         } else {
             self.serve_h1(TokioIo::new(tls), info).await;
         }

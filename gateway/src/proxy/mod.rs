@@ -3,6 +3,7 @@
 mod backend_tls;
 pub mod conn;
 mod cors;
+pub(crate) mod flood;
 mod handler;
 mod headers;
 pub mod runtime;
