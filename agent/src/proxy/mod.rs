@@ -13,6 +13,7 @@
 //! [`crate::routing`]). The path reads the cluster view from lock-free snapshots; it never
 //! takes the enrollment lock.
 
+pub mod copy;
 pub mod hbone;
 pub mod pool;
 
@@ -59,11 +60,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDENTITY_WAIT: Duration = Duration::from_secs(10);
 /// Connections remembered for `/config`.
 const RECENT: usize = 64;
-/// Copy buffer per direction. 64 KiB moves a bulk stream with a quarter of the system calls
-/// of 16 KiB (`cargo xtask bench mesh`: 5.9 against 4.0-5.1 Gbit/s), and costs an idle
-/// connection no more resident memory (the allocator hands out fresh, untouched pages for
-/// buffers this size; measured 56-80 KB per connection across both agents either way).
-const COPY_BUF: usize = 64 * 1024;
 /// `identity` label value for a peer without one.
 pub const UNKNOWN: &str = "unknown";
 
@@ -506,7 +502,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    match tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUF, COPY_BUF).await {
+    match copy::bidirectional(a, b).await {
         Ok(n) => n,
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
