@@ -141,7 +141,8 @@ impl Node {
                     .map(|p| ids.id(&p.namespace, &p.service_account)),
             );
         }
-        self.proxy.mesh.store(Arc::new(mesh.clone()));
+        let mesh = Arc::new(mesh);
+        self.proxy.set_mesh(mesh.clone());
         let counts = self.enroller.reconcile(&mesh);
         let mut pods = std::collections::HashMap::new();
         self.enroller.each_enrolled(|_, en| {
@@ -150,7 +151,7 @@ impl Node {
             }
         });
         self.proxy.pods.store(Arc::new(pods));
-        self.proxy.set_mesh(mesh);
+        self.proxy.reevaluate();
         self.metrics.enrolled_pods.set(counts.enrolled as i64);
         self.metrics.waiting_pods.set(counts.waiting as i64);
         self.waiting

@@ -217,14 +217,6 @@ impl Policies {
         Self { by_namespace }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_namespace.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// `Ok` to admit; `Err(policy)` names what refused (the metric's label).
     pub fn check(&self, r: &Request<'_>) -> Result<(), String> {
         let Some(all) = self.by_namespace.get(r.namespace) else {

@@ -56,6 +56,30 @@ fn set_ips(api: &ApiServer, name: &str, ns: &str, ips: &[&str]) {
     api.set_status(&pod).expect("pod status");
 }
 
+/// Namespaces `shop` (meshed), `legacy` and those in `extra`; pods a and b in shop, c in legacy,
+/// made through the API on node-1; their sandboxes (cgroups named after the UIDs the API
+/// gave them, as the kubelet makes them); their IPs written through `/status`.
+fn pods_through_the_api(api: &ApiServer, extra: &[&str]) -> Node {
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"cedille.io/mesh": "enabled"}}}))
+        .unwrap();
+    for ns in std::iter::once(&"legacy").chain(extra) {
+        api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .unwrap();
+    }
+    let uids = [
+        create_pod(api, "a", "shop", "node-1"),
+        create_pod(api, "b", "shop", "node-1"),
+        create_pod(api, "c", "legacy", "node-1"),
+    ];
+    let n = node_with([&uids[0], &uids[1], &uids[2]]);
+    for p in &n.pods {
+        let ns = if p.name == "c" { "legacy" } else { "shop" };
+        set_ips(api, p.name, ns, &[p.ip4, p.ip6]);
+    }
+    n
+}
+
 #[test]
 #[ignore = "privileged: run through `cargo xtask test` as root"]
 fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
@@ -67,23 +91,8 @@ fn privileged_kubernetes_mode_enrolls_this_nodes_pods_only() {
             Options::default(),
         ))
         .unwrap();
-    api.create(json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "shop", "labels": {"cedille.io/mesh": "enabled"}}}))
-        .unwrap();
-    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}}))
-        .unwrap();
-    let uids = [
-        create_pod(&api, "a", "shop", "node-1"),
-        create_pod(&api, "b", "shop", "node-1"),
-        create_pod(&api, "c", "legacy", "node-1"),
-    ];
-    // The pods' sandboxes: cgroups named after the API's UIDs, as the kubelet makes them.
-    let n = node_with([&uids[0], &uids[1], &uids[2]]);
-    let (a, b, c) = (&n.pods[0], &n.pods[1], &n.pods[2]);
-    for p in [a, b, c] {
-        let ns = if p.name == "c" { "legacy" } else { "shop" };
-        set_ips(&api, p.name, ns, &[p.ip4, p.ip6]);
-    }
+    let n = pods_through_the_api(&api, &[]);
+    let (a, c) = (&n.pods[0], &n.pods[2]);
     // A pod of another node, in a meshed namespace: never seen by this node's agent.
     create_pod(&api, "elsewhere", "shop", "node-2");
     set_ips(&api, "elsewhere", "shop", &["10.93.9.9"]);
@@ -229,25 +238,8 @@ fn privileged_kubernetes_mode_identities_from_cert_manager_and_policies_from_the
         ))
         .unwrap(),
     );
-    for ns in [
-        json!({"name": "shop", "labels": {"cedille.io/mesh": "enabled"}}),
-        json!({"name": "legacy"}),
-        json!({"name": "cedille-system"}),
-    ] {
-        api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": ns}))
-            .unwrap();
-    }
-    let uids = [
-        create_pod(&api, "a", "shop", "node-1"),
-        create_pod(&api, "b", "shop", "node-1"),
-        create_pod(&api, "c", "legacy", "node-1"),
-    ];
-    let n = node_with([&uids[0], &uids[1], &uids[2]]);
-    let (a, b) = (&n.pods[0], &n.pods[1]);
-    for p in &n.pods {
-        let ns = if p.name == "c" { "legacy" } else { "shop" };
-        set_ips(&api, p.name, ns, &[p.ip4, p.ip6]);
-    }
+    let n = pods_through_the_api(&api, &["cedille-system"]);
+    let a = &n.pods[0];
     // The CA lives with the test's cert-manager, never with the agent.
     let ca = ca_dir(&n.dir.join("issuer"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -311,7 +303,6 @@ fn privileged_kubernetes_mode_identities_from_cert_manager_and_policies_from_the
     });
     connect(&a.ns, Some(&a.cgroup), "[fd93::2]:8081").expect("another port is allowed");
     assert!(metric("cedille_agent_policy_denials_total{policy=\"shop/quiet\"}") >= 1.0);
-    let _ = b;
     stop.store(true, Ordering::Relaxed);
     issuer.join().unwrap();
 }

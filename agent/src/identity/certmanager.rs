@@ -45,7 +45,7 @@ pub struct CertManager {
     timeout: Duration,
 }
 
-pub fn resource() -> ApiResource {
+fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("cert-manager.io", "v1", "CertificateRequest"),
         "certificaterequests",

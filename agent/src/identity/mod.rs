@@ -242,12 +242,6 @@ impl Identities {
         }
     }
 
-    /// The current SVID of `id`, if it has one.
-    pub fn get(&self, id: &SpiffeId) -> Option<Arc<Svid>> {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.get(id).and_then(|s| s.current.load_full())
-    }
-
     /// A live handle to `id`'s SVID (follows renewals), for a TLS server's certificate
     /// resolver.
     pub fn handle(&self, id: &SpiffeId) -> Option<Arc<ArcSwapOption<Svid>>> {

@@ -161,28 +161,26 @@ impl Proxy {
         self.identities.is_some()
     }
 
-    /// Installs a new cluster view and closes open inbound connections its policies deny.
-    pub fn set_mesh(&self, mesh: Mesh) {
-        let mesh = Arc::new(mesh);
-        self.mesh.store(mesh.clone());
+    /// Installs a new cluster view; then [`Proxy::reevaluate`] once the enrolled pods are
+    /// in place.
+    pub fn set_mesh(&self, mesh: Arc<Mesh>) {
+        self.mesh.store(mesh);
+    }
+
+    /// Closes the open inbound connections the current policies deny.
+    pub fn reevaluate(&self) {
+        let mesh = self.mesh.load();
         let pods = self.pods.load();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         for o in open.values_mut() {
+            // Already told to close: not counted again.
+            if o.close.is_none() {
+                continue;
+            }
             let Some(pod) = pods.get(&o.pod_ip) else {
                 continue;
             };
-            let view = mesh
-                .pods
-                .iter()
-                .find(|p| p.uid == pod.view.uid)
-                .unwrap_or(&pod.view);
-            let verdict = mesh.policies.check(&Request {
-                namespace: &view.namespace,
-                labels: &view.labels,
-                port: o.port,
-                source: o.source.as_ref(),
-            });
-            if let Err(policy) = verdict
+            if let Err(policy) = self.verdict(&mesh, pod, o.port, o.source.as_ref())
                 && let Some(tx) = o.close.take()
             {
                 let _ = tx.send(policy);
@@ -192,7 +190,18 @@ impl Proxy {
 
     /// Authorizes a new inbound connection to `pod` on `port` from `source`.
     fn authorize(&self, pod: &PodCtx, port: u16, source: Option<&SpiffeId>) -> Result<(), String> {
-        let mesh = self.mesh.load();
+        self.verdict(&self.mesh.load(), pod, port, source)
+    }
+
+    /// What `mesh`'s policies say of a connection to `pod` (its labels as the view has them
+    /// now); a denial is counted under the policy that made it.
+    fn verdict(
+        &self,
+        mesh: &Mesh,
+        pod: &PodCtx,
+        port: u16,
+        source: Option<&SpiffeId>,
+    ) -> Result<(), String> {
         let view = mesh
             .pods
             .iter()

@@ -268,6 +268,16 @@ impl Node {
     }
 }
 
+/// `cedille-agent ca init DIR/ca`: a CA for the agents of a measurement.
+pub(crate) fn ca_init(bin: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let ca = dir.join("ca");
+    let out = Command::new(bin).args(["ca", "init"]).arg(&ca).output()?;
+    if !out.status.success() {
+        bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(ca)
+}
+
 /// Runs `cedille-probe ARGS` in a pod (namespace and cgroup) and returns its `key=value`
 /// pairs.
 pub(crate) fn load_in(
@@ -367,11 +377,7 @@ impl Agent {
         std::fs::create_dir_all(&dir.0)?;
         node.manifests(&dir.0)?;
         let identity = if mtls {
-            let ca = dir.0.join("ca");
-            let out = Command::new(bin).args(["ca", "init"]).arg(&ca).output()?;
-            if !out.status.success() {
-                bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            let ca = ca_init(bin, &dir.0)?;
             std::fs::write(
                 dir.0.join("policy.yaml"),
                 "apiVersion: cedille.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: no-7002, namespace: bench}\nspec: {action: Deny, rules: [{ports: [7002]}]}\n",
@@ -638,13 +644,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&log);
     let _stats = BpfStats::enable()?;
 
-    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 3];
-    for round in 1..=args.rounds {
-        for (i, path) in Path3::ALL.into_iter().enumerate() {
-            eprintln!("bench: round {round}/{}: {}", args.rounds, path.name());
-            results[i].push(measure(path, args, &bins, &log)?);
-        }
-    }
+    let results = super::rounds(args, &Path3::ALL, Path3::name, |path| {
+        measure(path, args, &bins, &log)
+    })?;
     report(args, &results);
     Ok(())
 }

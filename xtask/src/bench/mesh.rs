@@ -25,7 +25,7 @@ use cedille_harness::{self as h, Background, Bridge, Cgroup, Netns, PinDir};
 
 use super::{
     Args,
-    agent::{get, load_in, sysctl},
+    agent::{ca_init, get, load_in, sysctl},
     group_usage, median,
 };
 use crate::{
@@ -231,11 +231,7 @@ struct Agents {
 impl Agents {
     fn start(bin: &Path, n: &Nodes, log: &Path) -> anyhow::Result<Agents> {
         let config = n.manifests()?;
-        let ca = n.dir.join("ca");
-        let out = Command::new(bin).args(["ca", "init"]).arg(&ca).output()?;
-        if !out.status.success() {
-            bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let ca = ca_init(bin, &n.dir)?;
         let mut procs = Vec::new();
         let mut pins = Vec::new();
         for (i, admin) in ADMIN.iter().enumerate() {
@@ -424,13 +420,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bins = (release.join("cedille-agent"), release.join("cedille-probe"));
     let log = std::env::temp_dir().join("cedille-bench-mesh.log");
     let _ = std::fs::remove_file(&log);
-    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); Path3::ALL.len()];
-    for round in 1..=args.rounds {
-        for (i, path) in Path3::ALL.into_iter().enumerate() {
-            eprintln!("bench: round {round}/{}: {}", args.rounds, path.name());
-            results[i].push(measure(path, args, &bins, &log)?);
-        }
-    }
+    let results = super::rounds(args, &Path3::ALL, Path3::name, |path| {
+        measure(path, args, &bins, &log)
+    })?;
     report(args, &results);
     Ok(())
 }

@@ -127,6 +127,24 @@ fn group_usage(pgid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// Interleaved rounds: each round measures every path once, in order; returns each path's
+/// figures, one per round.
+fn rounds<P: Copy, F>(
+    args: &Args,
+    paths: &[P],
+    name: fn(P) -> &'static str,
+    mut measure: impl FnMut(P) -> anyhow::Result<F>,
+) -> anyhow::Result<Vec<Vec<F>>> {
+    let mut results: Vec<Vec<F>> = paths.iter().map(|_| Vec::new()).collect();
+    for round in 1..=args.rounds {
+        for (i, path) in paths.iter().enumerate() {
+            eprintln!("bench: round {round}/{}: {}", args.rounds, name(*path));
+            results[i].push(measure(*path)?);
+        }
+    }
+    Ok(results)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
