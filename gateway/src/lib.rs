@@ -78,6 +78,10 @@ pub struct Args {
     /// Time allowed to receive a request's headers (also the HTTP/1.1 keep-alive idle limit).
     #[arg(long, env = "CEDILLE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection without requests, or an upgraded (WebSocket) connection without
+    /// traffic, for this long is closed (HTTP/2 with a GOAWAY).
+    #[arg(long, env = "CEDILLE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// Time allowed for a TLS handshake.
     #[arg(long, env = "CEDILLE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
@@ -144,6 +148,7 @@ impl Args {
                 tls_handshake_timeout: self.tls_handshake_timeout,
                 header_read_timeout: self.header_read_timeout,
                 max_header_bytes: self.max_header_bytes,
+                idle_timeout: self.idle_timeout,
                 ..Default::default()
             },
             rescan_interval: Duration::from_secs(2),

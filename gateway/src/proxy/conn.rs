@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::handler::{ConnInfo, Shared, handle};
+use super::idle::Activity;
 use crate::ir::{PortConfig, Protocol};
 
 type ResponseFuture =
@@ -29,6 +30,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_keepalive_interval: Duration,
+    /// An HTTP/2 connection that carries no request or response (HEADERS or DATA frames,
+    /// either way) for this long gets a GOAWAY; an upgraded connection (WebSocket) that
+    /// carries no bytes for this long is closed. (HTTP/1.1 keep-alive connections are bound
+    /// by `header_read_timeout`.)
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +45,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             h2_max_concurrent_streams: 256,
             h2_keepalive_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -102,8 +109,9 @@ impl Acceptor {
         let info = Arc::new(ConnInfo::new(peer, None));
         metrics.connection(usize::from(h2));
         if h2 {
-            let guarded = super::flood::FloodGuard::new(stream, true);
-            Box::pin(self.serve_h2(TokioIo::new(guarded), info)).await;
+            let activity = Activity::new();
+            let guarded = super::flood::FloodGuard::new(stream, true, activity.clone());
+            Box::pin(self.serve_h2(TokioIo::new(guarded), info, activity)).await;
         } else {
             self.serve_h1(TokioIo::new(stream), info).await;
         }
@@ -135,8 +143,9 @@ impl Acceptor {
         let info = Arc::new(ConnInfo::new(peer, Some(sni)));
         // ALPN decided the protocol.
         if h2 {
-            let guarded = super::flood::FloodGuard::new(tls, true);
-            self.serve_h2(TokioIo::new(guarded), info).await;
+            let activity = Activity::new();
+            let guarded = super::flood::FloodGuard::new(tls, true, activity.clone());
+            self.serve_h2(TokioIo::new(guarded), info, activity).await;
         } else {
             self.serve_h1(TokioIo::new(tls), info).await;
         }
@@ -193,7 +202,7 @@ impl Acceptor {
         self.until_drained(conn, |c| c.graceful_shutdown()).await;
     }
 
-    async fn serve_h2<I>(&self, io: I, info: Arc<ConnInfo>)
+    async fn serve_h2<I>(&self, io: I, info: Arc<ConnInfo>, activity: Arc<Activity>)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -204,7 +213,9 @@ impl Acceptor {
             .keep_alive_interval(self.limits.h2_keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, self.service(info));
-        self.until_drained(conn, |c| c.graceful_shutdown()).await;
+        let idle = self.limits.idle_timeout;
+        self.until_drained_or_idle(conn, |c| c.graceful_shutdown(), Some((&activity, idle)))
+            .await;
     }
 
     /// Runs a connection; when draining starts, asks it to finish gracefully (HTTP/2
@@ -214,12 +225,36 @@ impl Acceptor {
         C: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
+        self.until_drained_or_idle(conn, graceful, None).await;
+    }
+
+    /// [`Self::until_drained`], and the same graceful end once `activity` shows nothing
+    /// carried for `idle` (streams still open may finish).
+    async fn until_drained_or_idle<C, E>(
+        &self,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+        idle: Option<(&Activity, Duration)>,
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
         let mut conn = std::pin::pin!(conn);
         let mut drain = self.drain.clone();
+        let idle_wait = async {
+            let Some((activity, idle)) = idle else {
+                return std::future::pending().await;
+            };
+            activity.idle_for(idle).await;
+            debug!(?idle, "idle connection: closing gracefully");
+        };
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
-
+                graceful(conn.as_mut());
+                conn.await
+            }
+            _ = idle_wait => {
                 graceful(conn.as_mut());
                 conn.await
             }

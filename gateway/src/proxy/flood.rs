@@ -10,11 +10,14 @@
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::idle::Activity;
 
 /// Control frames (SETTINGS and PING, not their acknowledgements) a client may send in
 /// [`WINDOW`].
@@ -23,6 +26,7 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const ACK: u8 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -88,11 +92,13 @@ pub struct FloodGuard<T> {
     control: u32,
     last_stream: u32,
     state: State,
+    /// Touched by every HEADERS or DATA frame, either way: the connection is in use.
+    activity: Arc<Activity>,
 }
 
 impl<T> FloodGuard<T> {
     /// `preface`: whether the client's connection preface is still to come on this stream.
-    pub fn new(inner: T, preface: bool) -> Self {
+    pub fn new(inner: T, preface: bool, activity: Arc<Activity>) -> Self {
         Self {
             inner,
             incoming: Scanner {
@@ -104,6 +110,7 @@ impl<T> FloodGuard<T> {
             control: 0,
             last_stream: 0,
             state: State::Open,
+            activity,
         }
     }
 
@@ -153,7 +160,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<T> {
             this.window = now;
             this.control = 0;
         }
-        let (mut control, mut last) = (this.control, this.last_stream);
+        let (mut control, mut last, mut used) = (this.control, this.last_stream, false);
         this.incoming
             .feed(&buf.filled()[before..], |ty, flags, stream| {
                 if (ty == SETTINGS || ty == PING) && flags & ACK == 0 {
@@ -162,9 +169,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<T> {
                 if ty == HEADERS {
                     last = last.max(stream);
                 }
+                used |= ty == HEADERS || ty == DATA;
             });
         this.control = control;
         this.last_stream = last;
+        if used {
+            this.activity.touch();
+        }
         if this.control > LIMIT {
             tracing::info!(
                 control_frames = this.control,
@@ -190,7 +201,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
             State::Tripped(..) if this.outgoing.at_boundary() => Poll::Ready(Ok(buf.len())),
             _ => {
                 let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-                this.outgoing.feed(&buf[..n], |_, _, _| {});
+                let mut used = false;
+                this.outgoing
+                    .feed(&buf[..n], |ty, _, _| used |= ty == HEADERS || ty == DATA);
+                if used {
+                    this.activity.touch();
+                }
                 Poll::Ready(Ok(n))
             }
         }

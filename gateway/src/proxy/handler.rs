@@ -32,6 +32,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Request tracing, when an OTLP endpoint is configured.
     pub tracer: Option<Arc<Tracer>>,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// What the connection a request arrived on knows.
@@ -641,7 +643,7 @@ async fn process(
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (Some(client), true) = (upgrade, switching) {
             let backend = hyper::upgrade::on(&mut resp);
-            tokio::spawn(super::tunnel::join(client, backend));
+            tokio::spawn(super::tunnel::join(client, backend, shared.idle_timeout));
         }
         let (mut rparts, rbody) = resp.into_parts();
         // The gateway answers in its own HTTP version, whatever the backend's (RFC 9110

@@ -6,6 +6,7 @@ mod cors;
 pub(crate) mod flood;
 mod handler;
 mod headers;
+mod idle;
 pub mod runtime;
 mod tls;
 mod tunnel;

@@ -48,6 +48,7 @@ impl DataPlane {
                 upstreams: Upstreams::new(),
                 metrics,
                 tracer,
+                idle_timeout: limits.idle_timeout,
             }),
             limits,
             connections: Arc::new(Semaphore::new(max_connections)),
