@@ -51,7 +51,10 @@ fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    assert!(hard >= 4096, "the test needs 4096 open files, the hard limit is {hard}");
+    assert!(
+        hard >= 4096,
+        "the test needs 4096 open files, the hard limit is {hard}"
+    );
 }
 
 /// 1,000 slowloris connections (a request head trickled a byte every 500 ms) are each
@@ -111,7 +114,10 @@ async fn slowloris_connections_are_closed_at_the_header_timeout() {
         during >= before * 0.5,
         "normal client: {during:.0} requests/s under attack, {before:.0} before"
     );
-    assert!(worst < Duration::from_millis(500), "slowest answer {worst:?}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "slowest answer {worst:?}"
+    );
 }
 
 /// A backend that answers any request with `len` zero bytes, written as fast as the
@@ -241,7 +247,10 @@ async fn an_idle_http2_connection_is_closed() {
         let req = http::Request::get("http://example.com/")
             .body(Empty::new())
             .unwrap();
-        let resp = sender.send_request(req).await.expect("a busy connection stays open");
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("a busy connection stays open");
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -275,7 +284,11 @@ async fn an_idle_websocket_is_closed() {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed during the upgrade");
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "closed during the upgrade"
+        );
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head);
