@@ -73,6 +73,13 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 else
   log "cargo-deny present"
 fi
+# cargo-fuzz runs the gateway's fuzz targets (briefly) in the test command.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz@0.13.2
+else
+  log "cargo-fuzz present"
+fi
 # kubectl drives the test API server in the tests (it must answer kubectl as kube-apiserver
 # does). The machines come with it; elsewhere: the kubectl package where a Kubernetes apt
 # repository is configured, else Debian's kubernetes-client.

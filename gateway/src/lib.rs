@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod app;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ir;
 pub mod kube;
 pub mod manifest;

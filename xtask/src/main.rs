@@ -8,6 +8,7 @@ mod conformance;
 mod dashboards;
 mod ebpf;
 mod example;
+mod fuzz;
 mod test;
 mod util;
 
@@ -38,6 +39,9 @@ enum Cmd {
     E2e,
     /// Replay the Gateway API conformance data against the gateway (root).
     Conformance(conformance::Args),
+    /// Run each gateway fuzz target briefly (cargo-fuzz, nightly) from its seeds and past
+    /// findings.
+    Fuzz(fuzz::Args),
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
     Example(example::Args),
     /// Benchmarks: `gateway` (against nginx and HAProxy), `agent` (eBPF against iptables
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dashboards => dashboards::run(),
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

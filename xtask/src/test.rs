@@ -39,6 +39,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     deny()?;
     let mut unit = TestTotals::default();
     with_obj(cargo(&["test", "--workspace"])).run_tests(&mut unit)?;
+    // The fuzz smoke: each target briefly; a crash fails the run.
+    crate::fuzz::run(crate::fuzz::Args {
+        seconds: 30,
+        ..Default::default()
+    })?;
 
     if !is_root() {
         if in_ci() {

@@ -37,6 +37,11 @@ impl Cmd {
         self
     }
 
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.0.current_dir(dir);
+        self
+    }
+
     pub fn args(mut self, args: &[&str]) -> Self {
         self.0.args(args);
         self
@@ -87,6 +92,28 @@ pub fn cargo(args: &[&str]) -> Cmd {
         std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
         args,
     )
+}
+
+/// Cargo of the nightly toolchain scripts/setup.sh prepared (`CEDILLE_NIGHTLY`, as there;
+/// `nightly` by default).
+pub fn nightly_cargo(args: &[&str]) -> Cmd {
+    let nightly = std::env::var("CEDILLE_NIGHTLY").unwrap_or_else(|_| "nightly".into());
+    let mut cmd = Cmd::new("rustup", &["run", &nightly, "cargo"]).args(args);
+    // The stable cargo running xtask exports variables that would pin the nested build to
+    // the stable toolchain or the host's flags.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd = cmd.env_remove(var);
+    }
+    cmd
 }
 
 pub fn is_root() -> bool {

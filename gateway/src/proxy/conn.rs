@@ -166,39 +166,13 @@ impl Acceptor {
         cached.1.clone()
     }
 
-    fn service(
-        &self,
-        info: Arc<ConnInfo>,
-    ) -> impl hyper::service::Service<
-        hyper::Request<hyper::body::Incoming>,
-        Response = hyper::Response<super::Body>,
-        Error = Infallible,
-        Future = ResponseFuture,
-    > + Clone
-    + use<> {
-        let port = self.port.clone();
-        let shared = self.shared.clone();
-        service_fn(move |req| {
-            let cfg = port.load_full();
-            let shared = shared.clone();
-            let info = info.clone();
-            // Boxed: hyper keeps a connection's request future slot for the connection's
-            // life, so an unboxed one would hold the handler's whole state while idle.
-            Box::pin(async move { Ok::<_, Infallible>(handle(shared, cfg, info, req).await) })
-                as ResponseFuture
-        })
-    }
-
     async fn serve_h1<I>(&self, io: I, info: Arc<ConnInfo>)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_bytes.max(8192))
-            .keep_alive(true);
-        let conn = b.serve_connection(io, self.service(info)).with_upgrades();
+        let conn = h1_builder(&self.limits)
+            .serve_connection(io, service(self.port.clone(), self.shared.clone(), info))
+            .with_upgrades();
         self.until_drained(conn, |c| c.graceful_shutdown()).await;
     }
 
@@ -206,13 +180,8 @@ impl Acceptor {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_header_list_size(self.limits.max_header_bytes as u32)
-            .max_concurrent_streams(self.limits.h2_max_concurrent_streams)
-            .keep_alive_interval(self.limits.h2_keepalive_interval)
-            .keep_alive_timeout(Duration::from_secs(20));
-        let conn = b.serve_connection(io, self.service(info));
+        let conn = h2_builder(&self.limits)
+            .serve_connection(io, service(self.port.clone(), self.shared.clone(), info));
         let idle = self.limits.idle_timeout;
         self.until_drained_or_idle(conn, |c| c.graceful_shutdown(), Some((&activity, idle)))
             .await;
@@ -263,6 +232,51 @@ impl Acceptor {
             debug!(error = %e, "connection ended with an error");
         }
     }
+}
+
+/// What serves a connection's requests: the handler, with the port's configuration as it
+/// is when each request arrives.
+pub(crate) fn service(
+    port: Arc<ArcSwap<PortConfig>>,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<super::Body>,
+    Error = Infallible,
+    Future = ResponseFuture,
+> + Clone
++ use<> {
+    service_fn(move |req| {
+        let cfg = port.load_full();
+        let shared = shared.clone();
+        let info = info.clone();
+        // Boxed: hyper keeps a connection's request future slot for the connection's
+        // life, so an unboxed one would hold the handler's whole state while idle.
+        Box::pin(async move { Ok::<_, Infallible>(handle(shared, cfg, info, req).await) })
+            as ResponseFuture
+    })
+}
+
+/// The HTTP/1.1 server settings every connection gets.
+pub(crate) fn h1_builder(limits: &Limits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b
+}
+
+/// The HTTP/2 server settings every connection gets.
+pub(crate) fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
