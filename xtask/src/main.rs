@@ -9,6 +9,7 @@ mod dashboards;
 mod ebpf;
 mod example;
 mod fuzz;
+mod soak;
 mod test;
 mod util;
 
@@ -42,6 +43,9 @@ enum Cmd {
     /// Run each gateway fuzz target briefly (cargo-fuzz, nightly) from its seeds and past
     /// findings.
     Fuzz(fuzz::Args),
+    /// The gateway under load over HTTP/1.1, HTTPS and HTTP/2 while a route changes and its
+    /// certificate rotates: zero failed requests and handshakes.
+    Soak(soak::Args),
     /// Run the quickstart: an echo backend behind the gateway (HTTP :8080, HTTPS :8443).
     Example(example::Args),
     /// Benchmarks: `gateway` (against nginx and HAProxy), `agent` (eBPF against iptables
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Conformance(args) => conformance::run(args),
         Cmd::Example(args) => example::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

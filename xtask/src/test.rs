@@ -39,6 +39,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     deny()?;
     let mut unit = TestTotals::default();
     with_obj(cargo(&["test", "--workspace"])).run_tests(&mut unit)?;
+    // The soak, short: 100 route changes and 50 certificate rotations under load, 30 ms
+    // apart; zero failed requests and handshakes.
+    crate::soak::run(crate::soak::Args {
+        interval_ms: 30,
+        ..Default::default()
+    })?;
     // The fuzz smoke: each target briefly; a crash fails the run.
     crate::fuzz::run(crate::fuzz::Args {
         seconds: 30,
