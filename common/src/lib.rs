@@ -29,18 +29,30 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sends `()` on `tx` when something in `dir` (recursively) changes. Access events (opens,
-/// reads) are ignored: rescanning the directory causes them, and reacting would loop.
+/// Sends a [`Change`] on `tx` when something in `dir` (recursively) changes. Access events
+/// other than a close after writing (opens, reads) are ignored: rescanning the directory
+/// causes them, and reacting would loop.
 /// `None`, logged, when the platform refuses; callers then rely on periodic rescans.
 pub fn watch_dir(
     dir: &std::path::Path,
-    tx: tokio::sync::mpsc::Sender<()>,
+    tx: tokio::sync::mpsc::Sender<Change>,
 ) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
+    use notify::{
+        EventKind, Watcher,
+        event::{AccessKind, AccessMode, ModifyKind},
+    };
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.try_send(());
-        }
+        let Ok(e) = res else { return };
+        let change = match e.kind {
+            // A file closed after writing, renamed into place, or removed: complete.
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => Change::Settled,
+            EventKind::Access(_) => return,
+            // Data written to a file still open: more may follow.
+            _ => Change::InProgress,
+        };
+        let _ = tx.try_send(change);
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the config directory; polling only"))
     .ok()?;
@@ -49,6 +61,15 @@ pub fn watch_dir(
         return None;
     }
     Some(w)
+}
+
+/// What a directory watch reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A file was written and closed, renamed into place or removed: it can be read.
+    Settled,
+    /// A file is being written: reading it now may see half of it.
+    InProgress,
 }
 
 /// Why one manifest document (or a whole file) was not loaded, shared by the gateway and

@@ -26,7 +26,8 @@ use crate::{
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub status: ArcSwap<StatusReport>,
-    pub config: ArcSwap<serde_json::Value>,
+    /// The snapshot the data plane serves, described on request.
+    pub config: arc_swap::ArcSwapOption<crate::ir::Snapshot>,
     /// Kubernetes mode: leadership and the watches.
     pub cluster: ArcSwap<Option<crate::kube::ClusterReport>>,
     /// True once the first configuration is applied, false again when draining.
@@ -38,7 +39,7 @@ impl AdminState {
         Self {
             metrics,
             status: ArcSwap::from_pointee(StatusReport::default()),
-            config: ArcSwap::from_pointee(serde_json::Value::Null),
+            config: arc_swap::ArcSwapOption::empty(),
             cluster: ArcSwap::from_pointee(None),
             ready: AtomicBool::new(false),
         }
@@ -129,7 +130,13 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             }
             json(&v)
         }
-        "/config" => json(state.config.load().as_ref()),
+        "/config" => json(
+            &state
+                .config
+                .load()
+                .as_ref()
+                .map_or(serde_json::Value::Null, |s| s.describe()),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -161,13 +161,16 @@ async fn control_loop(
         }
     };
     let mut store = Store::new();
-    let mut prev: Option<StatusReport> = None;
+    let mut prev: Option<Arc<StatusReport>> = None;
+    let mut cache = translate::Cache::default();
     let mut tick = tokio::time::interval(settings.rescan_interval);
     let mut first = true;
     let mut status_dirty = false;
     let mut status_epoch = 0;
     loop {
+        let t0 = std::time::Instant::now();
         let changed = source.sync(&mut store);
+        let t_sync = t0.elapsed();
         if let (Source::Kube(k), Some(c)) = (&mut source, &cluster)
             && let Some(version) = c.versions.get(&Kind::ConfigMap)
         {
@@ -182,8 +185,11 @@ async fn control_loop(
         let can_translate = !first || source.synced();
         if can_translate && (changed || first || !env.unusable.is_empty()) {
             let now = rfc3339(std::time::SystemTime::now());
-            let mut out = translate::translate(&store, prev.as_ref(), &now, &env);
+            let mut out =
+                translate::translate_with(&mut cache, &store, prev.as_deref(), &now, &env);
+            let t_translate = t0.elapsed();
             let failed = dataplane.apply(&out.snapshot).await;
+            let t_apply = t0.elapsed();
             let failed_set: BTreeSet<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
             let binds_changed = failed_set != env.unusable;
             if binds_changed {
@@ -192,12 +198,24 @@ async fn control_loop(
                 }
                 env.unusable = failed_set;
                 // Same sockets, so the data plane is current; only the status changes.
-                out = translate::translate(&store, prev.as_ref(), &now, &env);
+                out = translate::translate_with(&mut cache, &store, prev.as_deref(), &now, &env);
             }
             if changed || first || binds_changed {
-                publish(&state, &out, store.len());
-                prev = Some(out.status);
+                let status = Arc::new(out.status);
+                let (sockets, invalid) = (out.snapshot.ports.len(), status.invalid_manifests.len());
+                publish(&state, Arc::new(out.snapshot), &status);
+                prev = Some(status);
                 status_dirty = true;
+                info!(
+                    objects = store.len(),
+                    sockets,
+                    invalid_manifests = invalid,
+                    read_ms = t_sync.as_secs_f64() * 1e3,
+                    translate_ms = (t_translate - t_sync).as_secs_f64() * 1e3,
+                    apply_ms = (t_apply - t_translate).as_secs_f64() * 1e3,
+                    publish_ms = (t0.elapsed() - t_apply).as_secs_f64() * 1e3,
+                    "configuration applied"
+                );
             }
             if first {
                 state.ready.store(true, Ordering::Relaxed);
@@ -207,7 +225,7 @@ async fn control_loop(
         if let (Some(c), Some(report)) = (&mut cluster, &prev) {
             if status_dirty || store.status_epoch() != status_epoch {
                 let job = status::Job {
-                    report: Arc::new(report.clone()),
+                    report: report.clone(),
                     observed: observed(&store),
                 };
                 c.jobs.send_replace(Some(Arc::new(job)));
@@ -347,17 +365,11 @@ fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
 }
 
 /// Makes a translation visible: `/status`, `/config` and the reload metrics.
-fn publish(state: &AdminState, out: &translate::Output, objects: usize) {
-    state.config.store(Arc::new(out.snapshot.describe()));
-    state.metrics.reloaded(out.status.invalid_manifests.len());
-    state
-        .metrics
-        .set_backend_endpoints(&out.snapshot.backends());
-    state.status.store(Arc::new(out.status.clone()));
-    info!(
-        objects,
-        sockets = out.snapshot.ports.len(),
-        invalid_manifests = out.status.invalid_manifests.len(),
-        "configuration applied"
-    );
+/// What the admin endpoint serves and the metrics count, after a translation. `/config`
+/// describes the snapshot when asked, not here.
+fn publish(state: &AdminState, snapshot: Arc<crate::ir::Snapshot>, status: &Arc<StatusReport>) {
+    state.metrics.reloaded(status.invalid_manifests.len());
+    state.metrics.set_backend_endpoints(&snapshot.backends());
+    state.config.store(Some(snapshot));
+    state.status.store(status.clone());
 }

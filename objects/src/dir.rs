@@ -12,7 +12,13 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use cedille_common::Change;
+
 use crate::{catalog::Catalog, manifest, store::Store};
+
+/// How long a file being written may stay quiet before it is read anyway (a writer that
+/// never closes it, or a platform that does not report closes).
+const SETTLE: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -23,7 +29,7 @@ struct Stamp {
 pub struct DirSource<C> {
     dir: PathBuf,
     seen: BTreeMap<PathBuf, Stamp>,
-    events: mpsc::Receiver<()>,
+    events: mpsc::Receiver<Change>,
     _watcher: Option<notify::RecommendedWatcher>,
     rescan: tokio::time::Interval,
     synced: bool,
@@ -64,7 +70,7 @@ impl<C: Catalog> DirSource<C> {
     /// was missed (or the platform gives none).
     pub fn new(dir: impl Into<PathBuf>, rescan: Duration) -> Self {
         let dir = dir.into();
-        let (tx, events) = mpsc::channel(1);
+        let (tx, events) = mpsc::channel(256);
         let watcher = cedille_common::watch_dir(&dir, tx);
         let mut rescan = tokio::time::interval(rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,13 +106,33 @@ impl<C: Catalog> DirSource<C> {
 
     /// Completes when something in the directory may have changed: a notification (after
     /// letting a burst of writes settle) or the rescan period.
+    /// Returns when the directory should be read again: at once when a file was written
+    /// and closed, renamed into place or removed (whatever else arrived meanwhile is read in
+    /// the same pass, so a burst costs one pass per translation, not one per file); when a
+    /// file is still being written, once it is closed or [`SETTLE`] passes without news;
+    /// and at every rescan.
     pub async fn changed(&mut self) {
-        tokio::select! {
-            Some(()) = self.events.recv() => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while self.events.try_recv().is_ok() {}
+        let first = tokio::select! {
+            Some(c) = self.events.recv() => c,
+            _ = self.rescan.tick() => return,
+        };
+        let mut settled = first == Change::Settled;
+        while let Ok(c) = self.events.try_recv() {
+            settled |= c == Change::Settled;
+        }
+        if settled {
+            return;
+        }
+        let quiet = tokio::time::sleep(SETTLE);
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                c = self.events.recv() => match c {
+                    Some(Change::Settled) | None => return,
+                    Some(Change::InProgress) => quiet.as_mut().reset(tokio::time::Instant::now() + SETTLE),
+                },
+                _ = &mut quiet => return,
             }
-            _ = self.rescan.tick() => {}
         }
     }
 

@@ -86,6 +86,8 @@ pub struct Store<C: Catalog> {
     sources: BTreeMap<String, SourceState<C::Kind>>,
     next_seq: u64,
     status_epoch: u64,
+    /// Per kind, how many changes its objects have seen (translation caches key on them).
+    kind_epochs: BTreeMap<C::Kind, u64>,
 }
 
 impl<C: Catalog> Default for Store<C> {
@@ -95,6 +97,7 @@ impl<C: Catalog> Default for Store<C> {
             sources: BTreeMap::new(),
             next_seq: 0,
             status_epoch: 0,
+            kind_epochs: BTreeMap::new(),
         }
     }
 }
@@ -140,6 +143,11 @@ impl<C: Catalog> Store<C> {
     /// echo of a status write, or another writer's).
     pub fn status_epoch(&self) -> u64 {
         self.status_epoch
+    }
+
+    /// Grows whenever an object of `kind` is added, changed or removed.
+    pub fn kind_epoch(&self, kind: C::Kind) -> u64 {
+        self.kind_epochs.get(&kind).copied().unwrap_or(0)
     }
 
     /// Every current error, by source.
@@ -269,6 +277,9 @@ impl<C: Catalog> Store<C> {
                 self.objects.remove(gone);
                 changed.push(gone.clone());
             }
+        }
+        for key in &changed {
+            *self.kind_epochs.entry(key.kind).or_default() += 1;
         }
         let state = self.sources.get_mut(source).expect("inserted above");
         state.keys = new_keys;

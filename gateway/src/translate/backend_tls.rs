@@ -175,6 +175,9 @@ pub(crate) fn statuses(
     checked: Vec<(String, String, i64, Conditions)>,
     our_gateways: &[(String, String)],
 ) -> BTreeMap<String, Entry<PolicyStatus>> {
+    if checked.is_empty() {
+        return BTreeMap::new();
+    }
     // Services each Gateway routes to.
     let mut uses: Vec<((String, String), (String, String))> = Vec::new();
     for s in ctx.store.kind(Kind::HttpRoute) {

@@ -116,7 +116,7 @@ fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<Socke
     let mut out = Vec::new();
     let port_name = port_name.unwrap_or("");
     let Some(slices) = ctx
-        .slices
+        .slices()
         .get(&(svc.metadata.ns(), svc.metadata.name.as_str()))
     else {
         return out;

@@ -2,7 +2,7 @@
 //! status, and finally the per-socket listener table of the snapshot.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
@@ -11,14 +11,14 @@ pub(crate) use super::listeners::ListenerState;
 use super::{
     Ctx, hostnames,
     listeners::{certificate, conflicts, frontend, listener, listener_sets},
-    routes::RouteResult,
+    routes::{BuiltRoute, RouteResult},
     status::{
         Conditions, Entry, GatewayClassStatus, GatewayStatus, GatewayStatusAddress, ListenerStatus,
         StatusReport,
     },
 };
 use crate::{
-    ir::{IrListener, ListenerId, PortConfig, Protocol, Snapshot, VirtualHosts},
+    ir::{IrListener, ListenerId, PortConfig, Protocol, Snapshot, VirtualHost, VirtualHosts},
     model::{CONTROLLER_NAME, Kind, Object, gwapi},
 };
 
@@ -258,7 +258,9 @@ pub(crate) fn finish(
     ctx: &Ctx<'_>,
     mut gws: Gateways<'_>,
     routes: RouteResult,
+    cache: &mut VhostCache,
 ) -> (Snapshot, StatusReport) {
+    let mut old = std::mem::take(&mut cache.built);
     // Gateways sharing a socket are merged; on conflicts the oldest keeps the socket.
     let mut order: Vec<&(String, String)> = gws.gateways.keys().collect();
     order.sort_by_key(|k| (gws.gateways[*k].age, *k));
@@ -306,7 +308,7 @@ pub(crate) fn finish(
                 hostname,
                 certs: l.certs.clone(),
                 client_auth: l.client_auth.clone(),
-                vhosts: vhosts(&l.entries),
+                vhosts: vhosts(&l.entries, &mut old, &mut cache.built),
             });
             for ip in &gw.addresses {
                 sockets
@@ -545,17 +547,41 @@ fn service_addresses(ctx: &Ctx<'_>, g: &gwapi::Gateway) -> Option<Vec<GatewaySta
     Some(out)
 }
 
-/// Groups a listener's attached rules into virtual hosts, each in precedence order.
-fn vhosts(entries: &[(Option<String>, Arc<super::routes::BuiltRoute>)]) -> VirtualHosts {
-    let mut by_host: BTreeMap<Option<String>, Vec<&Arc<super::routes::BuiltRoute>>> =
-        BTreeMap::new();
+/// Virtual hosts built by earlier translations, by the routes they were built from (their
+/// addresses, in order; the entry holds the routes, so no address is reused meanwhile).
+#[derive(Default)]
+pub(crate) struct VhostCache {
+    built: VhostMap,
+}
+
+type VhostMap =
+    HashMap<Vec<usize>, (Vec<Arc<BuiltRoute>>, Arc<VirtualHost>), foldhash::fast::RandomState>;
+
+/// Groups a listener's attached rules into virtual hosts, each in precedence order. A
+/// virtual host whose routes are the very ones of a cached one is that one; what is used
+/// moves from `old` to `new`.
+fn vhosts(
+    entries: &[(Option<String>, Arc<BuiltRoute>)],
+    old: &mut VhostMap,
+    new: &mut VhostMap,
+) -> VirtualHosts {
+    let mut by_host: BTreeMap<Option<String>, Vec<&Arc<BuiltRoute>>> = BTreeMap::new();
     for (host, route) in entries {
         by_host.entry(host.clone()).or_default().push(route);
     }
     let mut out = VirtualHosts::default();
     let mut wildcard = Vec::new();
     for (host, routes) in by_host {
-        let vhost = Arc::new(super::routes::virtual_host(&routes));
+        let key: Vec<usize> = routes.iter().map(|r| Arc::as_ptr(r) as usize).collect();
+        let vhost = match new.get(&key).or_else(|| old.get(&key)) {
+            Some((_, v)) => v.clone(),
+            None => Arc::new(super::routes::virtual_host(&routes)),
+        };
+        if let std::collections::hash_map::Entry::Vacant(e) = new.entry(key) {
+            old.remove(e.key());
+            let held = routes.iter().map(|r| (*r).clone()).collect();
+            e.insert((held, vhost.clone()));
+        }
         match host {
             None => out.any = Some(vhost),
             Some(h) => match h.strip_prefix('*') {

@@ -1,5 +1,10 @@
 //! Translation: a pure function from the object store to a routing snapshot plus the status
 //! of every object. It never fails as a whole; every problem lands in some object's status.
+//!
+//! Translation is incremental through a [`Cache`] kept between calls: a route whose object
+//! and whose dependencies (every kind but routes) did not change reuses its checked rules,
+//! its rules as bound to each parent, and the virtual hosts built only from such routes. A
+//! changed route recomputes what depends on it; the rest is reused as it was.
 
 mod backend_tls;
 mod backends;
@@ -18,6 +23,14 @@ use crate::{
     store::Store,
 };
 pub use status::StatusReport;
+
+/// What one translation leaves for the next (see the module's documentation). Entries not
+/// used by a translation are dropped by it, so the cache holds no more than the snapshot.
+#[derive(Default)]
+pub struct Cache {
+    routes: routes::Cache,
+    vhosts: gateways::VhostCache,
+}
 
 pub struct Output {
     pub snapshot: Snapshot,
@@ -41,6 +54,17 @@ pub struct Env {
 /// Translates the store. `prev` is the previous status, whose lastTransitionTimes are kept
 /// for conditions that did not change; `now` stamps the others.
 pub fn translate(store: &Store, prev: Option<&StatusReport>, now: &str, env: &Env) -> Output {
+    translate_with(&mut Cache::default(), store, prev, now, env)
+}
+
+/// [`translate`], reusing what `cache` kept from the previous call on the same store.
+pub fn translate_with(
+    cache: &mut Cache,
+    store: &Store,
+    prev: Option<&StatusReport>,
+    now: &str,
+    env: &Env,
+) -> Output {
     let mut ctx = Ctx::new(store, prev, now);
     ctx.unusable = &env.unusable;
     ctx.env = env;
@@ -48,8 +72,8 @@ pub fn translate(store: &Store, prev: Option<&StatusReport>, now: &str, env: &En
     ctx.policies = policies;
     let mut gws = gateways::translate(&ctx);
     let ours: Vec<(String, String)> = gws.gateways.keys().cloned().collect();
-    let routes = routes::translate(&ctx, &mut gws);
-    let (snapshot, mut status) = gateways::finish(&ctx, gws, routes);
+    let routes = routes::translate(&ctx, &mut gws, &mut cache.routes);
+    let (snapshot, mut status) = gateways::finish(&ctx, gws, routes, &mut cache.vhosts);
     status.backend_tls_policies = backend_tls::statuses(&ctx, checked, &ours);
     status.invalid_manifests = store.errors();
     Output { snapshot, status }
@@ -60,7 +84,9 @@ pub(crate) struct Ctx<'a> {
     pub prev: Option<&'a StatusReport>,
     pub now: &'a str,
     grants: Vec<&'a ReferenceGrant>,
-    pub slices: backends::SliceIndex<'a>,
+    /// Built when a route is first checked (a translation that reuses every route needs
+    /// none).
+    slices: std::cell::OnceCell<backends::SliceIndex<'a>>,
     pub unusable: &'a BTreeSet<SocketAddr>,
     pub policies: backend_tls::PolicyIndex,
     pub env: &'a Env,
@@ -87,11 +113,16 @@ impl<'a> Ctx<'a> {
             prev,
             now,
             grants,
-            slices: backends::index(store),
+            slices: std::cell::OnceCell::new(),
             unusable: &NONE_UNUSABLE,
             policies: Default::default(),
             env: &NO_ENV,
         }
+    }
+
+    /// EndpointSlices by the Service they belong to.
+    pub fn slices(&self) -> &backends::SliceIndex<'a> {
+        self.slices.get_or_init(|| backends::index(self.store))
     }
 
     /// Whether a reference from a `from_kind` in `from_ns` to `to_kind` `to_ns/to_name` is

@@ -2,7 +2,12 @@
 //! port, allowed namespaces and kinds, hostnames), route status, and the precedence order of
 //! matches inside a virtual host.
 
-use std::{cmp::Reverse, collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -31,7 +36,32 @@ pub(crate) struct BuiltRoute {
 }
 
 pub(crate) struct RouteResult {
-    pub statuses: BTreeMap<String, Entry<RouteStatus>>,
+    pub statuses: BTreeMap<String, Arc<Entry<RouteStatus>>>,
+}
+
+/// What earlier translations made of each route: its attachments to listeners and its
+/// status. They are valid while the route object is the same and nothing else changed: no
+/// object of another kind (checks read Services, EndpointSlices, ReferenceGrants, policies;
+/// attachment reads Gateways, ListenerSets, Namespaces) and the same environment.
+#[derive(Default)]
+pub(crate) struct Cache {
+    /// The epochs of every kind but routes, and the environment, when `routes` was filled.
+    deps: (Vec<u64>, String),
+    routes: HashMap<(String, String), Outcome, foldhash::fast::RandomState>,
+}
+
+struct Outcome {
+    object: Arc<Object>,
+    attachments: Vec<Attachment>,
+    status: Option<Arc<Entry<RouteStatus>>>,
+}
+
+/// A route's rules bound to one listener, under the hostnames they share.
+struct Attachment {
+    gateway: (String, String),
+    listener: usize,
+    hosts: Vec<Option<String>>,
+    built: Arc<BuiltRoute>,
 }
 
 /// A route's rules before they are bound to a parent.
@@ -41,14 +71,49 @@ struct Checked {
     unresolved: Option<(&'static str, String)>,
 }
 
-pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
+pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache) -> RouteResult {
+    let deps: Vec<u64> = crate::model::Kind::ALL
+        .iter()
+        .filter(|k| **k != Kind::HttpRoute)
+        .map(|k| ctx.store.kind_epoch(*k))
+        .collect();
+    let deps = (deps, format!("{:?}", ctx.env));
+    let mut old = std::mem::take(&mut cache.routes);
+    if deps != cache.deps {
+        tracing::debug!("translation: objects other than routes changed; every route again");
+        old.clear();
+        cache.deps = deps;
+    }
+    let mut translated = 0usize;
     let mut statuses = BTreeMap::new();
     for stored in ctx.store.kind(Kind::HttpRoute) {
         let Object::HttpRoute(route) = stored.object.as_ref() else {
             continue;
         };
         let ns = route.metadata.ns();
+        let key = (ns.to_owned(), route.metadata.name.clone());
+        if let Some(o) = old
+            .remove(&key)
+            .filter(|o| Arc::ptr_eq(&o.object, &stored.object))
+        {
+            for a in &o.attachments {
+                if let Some(gw) = gws.gateways.get_mut(&a.gateway) {
+                    let l = &mut gw.listeners[a.listener];
+                    l.attached_routes += 1;
+                    for h in &a.hosts {
+                        l.entries.push((h.clone(), a.built.clone()));
+                    }
+                }
+            }
+            if let Some(st) = &o.status {
+                statuses.insert(format!("{ns}/{}", route.metadata.name), st.clone());
+            }
+            cache.routes.insert(key, o);
+            continue;
+        }
+        translated += 1;
         let checked = check(ctx, route);
+        let mut attachments = Vec::new();
         let mut parents = Vec::new();
         for pref in &route.spec.parent_refs {
             let group = pref.group.as_deref().unwrap_or(GATEWAY_GROUP);
@@ -79,7 +144,15 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
             let mut conds = Conditions::default();
             let accepted = match &checked {
                 Err(msg) => Err(("UnsupportedValue", msg.clone())),
-                Ok(c) => attach(ctx, route, pref, gw, owner.as_ref(), c, stored.age_key()),
+                Ok(c) => {
+                    let at = Attach {
+                        gateway: &gw_key,
+                        owner: owner.as_ref(),
+                        checked: c,
+                        age: stored.age_key(),
+                    };
+                    attach(ctx, route, pref, gw, at, &mut attachments)
+                }
             };
             match accepted {
                 Ok(()) => conds.set("Accepted", true, "Accepted", ""),
@@ -106,19 +179,37 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>) -> RouteResult {
                 conditions: conds.finish(route.metadata.generation, prev, ctx.now),
             });
         }
-        if !parents.is_empty() {
-            statuses.insert(
-                format!("{ns}/{}", route.metadata.name),
-                Entry {
-                    namespace: ns.to_owned(),
-                    name: route.metadata.name.clone(),
-                    generation: route.metadata.generation,
-                    status: RouteStatus { parents },
-                },
-            );
+        let status = (!parents.is_empty()).then(|| {
+            Arc::new(Entry {
+                namespace: ns.to_owned(),
+                name: route.metadata.name.clone(),
+                generation: route.metadata.generation,
+                status: RouteStatus { parents },
+            })
+        });
+        if let Some(st) = &status {
+            statuses.insert(format!("{ns}/{}", route.metadata.name), st.clone());
         }
+        let outcome = Outcome {
+            object: stored.object.clone(),
+            attachments,
+            status,
+        };
+        cache.routes.insert(key, outcome);
     }
+    tracing::debug!(
+        translated,
+        "translation: routes translated (the others reused)"
+    );
     RouteResult { statuses }
+}
+
+/// Where a route is being attached, and what it brings.
+struct Attach<'a> {
+    gateway: &'a (String, String),
+    owner: Option<&'a (String, String)>,
+    checked: &'a Checked,
+    age: (&'a str, u64),
 }
 
 /// Attaches the route to the listeners `pref` selects. `Err` carries the Accepted reason.
@@ -127,10 +218,15 @@ fn attach(
     route: &gwapi::HttpRoute,
     pref: &gwapi::ParentReference,
     gw: &mut super::gateways::GatewayState<'_>,
-    owner: Option<&(String, String)>,
-    checked: &Checked,
-    age: (&str, u64),
+    at: Attach<'_>,
+    attachments: &mut Vec<Attachment>,
 ) -> Result<(), (&'static str, String)> {
+    let Attach {
+        gateway,
+        owner,
+        checked,
+        age,
+    } = at;
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
@@ -197,9 +293,15 @@ fn attach(
         }
         attached_any = true;
         l.attached_routes += 1;
-        for h in hosts {
-            l.entries.push((h, built.clone()));
+        for h in &hosts {
+            l.entries.push((h.clone(), built.clone()));
         }
+        attachments.push(Attachment {
+            gateway: gateway.clone(),
+            listener: i,
+            hosts,
+            built: built.clone(),
+        });
     }
     if !attached_any {
         return Err((

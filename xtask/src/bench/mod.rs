@@ -7,6 +7,7 @@ pub(crate) mod agent;
 mod gateway;
 mod kubernetes;
 mod mesh;
+mod routes;
 
 use std::{
     net::TcpStream,
@@ -18,7 +19,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway`, `agent`, `mesh` or `kubernetes`.
+    /// What to benchmark: `gateway`, `agent`, `mesh`, `routes` or `kubernetes`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -36,7 +37,7 @@ pub struct Args {
     /// Requests per second for the fixed-rate latency measurement.
     #[arg(long, default_value_t = 5000)]
     rate: u32,
-    /// Route changes for the Kubernetes-mode propagation measurement.
+    /// Route changes for the propagation measurements (`kubernetes`, `routes`).
     #[arg(long, default_value_t = 100)]
     changes: usize,
 }
@@ -47,8 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "agent" => agent::run(&args),
         "kubernetes" => kubernetes::run(args.changes),
         "mesh" => mesh::run(&args),
+        "routes" => routes::run(&args),
         other => bail!(
-            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent`, `mesh` or `kubernetes`"
+            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent`, `mesh`, `routes` or `kubernetes`"
         ),
     }
 }
