@@ -51,6 +51,12 @@ struct UnmatchedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    origin: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabels {
     protocol: &'static str,
 }
@@ -104,6 +110,58 @@ pub enum UpstreamError {
 
 const UPSTREAM_ERRORS: [&str; 5] = ["connect", "timeout", "reset", "tls", "no_endpoint"];
 
+/// Where an error the gateway answered itself comes from: the `origin` label of
+/// `cedille_gateway_errors_total` and the first half of the access log's `error` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The request itself: malformed, unroutable, too large (4xx).
+    Client,
+    /// The configuration: a rule with no usable backend, an invalid reference (500).
+    Configuration,
+    /// Reaching the backend: no endpoint, connection refused, TLS to it (503, 502).
+    UpstreamConnect,
+    /// The backend's answer: reset, malformed (502).
+    UpstreamProtocol,
+    /// A request or backend timeout (504).
+    Timeout,
+    /// A fault in the gateway (500).
+    Internal,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Configuration => "configuration",
+            Origin::UpstreamConnect => "upstream_connect",
+            Origin::UpstreamProtocol => "upstream_protocol",
+            Origin::Timeout => "timeout",
+            Origin::Internal => "internal",
+        }
+    }
+}
+
+/// An error response's classification, carried in the response's extensions from where it
+/// is made to where it is counted and logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub origin: Origin,
+    /// Short and stable: `no_match`, `connect`, `backend_timeout`, ...
+    pub reason: &'static str,
+}
+
+impl Failure {
+    pub const fn new(origin: Origin, reason: &'static str) -> Self {
+        Self { origin, reason }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.origin.as_str(), self.reason)
+    }
+}
+
 /// Why a request matched no route, as the `reason` label writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmatched {
@@ -117,7 +175,7 @@ pub enum Unmatched {
 }
 
 impl Unmatched {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Unmatched::MissingHost => "missing_host",
             Unmatched::NoListener => "no_listener",
@@ -174,6 +232,7 @@ pub struct Metrics {
     request_bytes: Family<RouteLabels, Counter>,
     response_bytes: Family<RouteLabels, Counter>,
     unmatched: Family<UnmatchedLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     connections: [Counter; 3],
     tls_handshakes: Counter,
     backend_endpoints: Family<BackendLabels, Gauge>,
@@ -289,6 +348,12 @@ impl Metrics {
             "Requests that matched no route, by protocol and reason (no_listener, no_route_for_host, no_match, misdirected, missing_host)",
             unmatched.clone(),
         );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "errors",
+            "Error responses the gateway answered itself, by origin (client, configuration, upstream_connect, upstream_protocol, timeout, internal) and reason",
+            errors.clone(),
+        );
         registry.register(
             "connections",
             "Downstream connections accepted, by protocol once known (h1, h2, h3)",
@@ -321,6 +386,7 @@ impl Metrics {
             request_bytes,
             response_bytes,
             unmatched,
+            errors,
             connections,
             tls_handshakes,
             backend_endpoints,
@@ -369,6 +435,16 @@ impl Metrics {
             request_bytes: self.request_bytes.get_or_create(&labels).clone(),
             response_bytes: self.response_bytes.get_or_create(&labels).clone(),
         }
+    }
+
+    /// An error response the gateway made itself.
+    pub fn error(&self, f: Failure) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                origin: f.origin.as_str(),
+                reason: f.reason,
+            })
+            .inc();
     }
 
     pub fn unmatched(&self, protocol: usize, reason: Unmatched) {

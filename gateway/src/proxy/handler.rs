@@ -3,22 +3,24 @@
 
 use std::{
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use super::{Body, BoxError, empty, full, headers, upstream::Upstreams};
 use crate::{
     ir::{self, BackendKind, Filter, PathMatch, PathRewrite, PortConfig, Protocol, RouteEntry},
-    metrics::{Metrics, RouteMetrics, Unmatched, UpstreamError, protocol_index},
+    metrics::{Failure, Metrics, Origin, RouteMetrics, Unmatched, UpstreamError, protocol_index},
     telemetry::{Span, Tracer},
 };
 
@@ -59,18 +61,21 @@ impl ConnInfo {
     }
 }
 
-fn simple(status: StatusCode, msg: &str) -> Response<Body> {
+/// An error the gateway answers itself, classified (see [`Failure`]): the class travels in
+/// the response's extensions to the error metric and the access log.
+fn fail(why: Failure, status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{msg}\n")));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.extensions_mut().insert(why);
     r
 }
 
 /// A refusal after which the connection must not be reused: the request's framing cannot
 /// be trusted, so whatever follows it on the connection is not read.
-fn refuse_and_close(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut r = simple(status, msg);
+fn refuse_and_close(why: Failure, status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = fail(why, status, msg);
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
@@ -155,8 +160,44 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
+    let metrics = shared.metrics.clone();
+    // A panic while handling one request answers that request with 500 (counted, logged)
+    // instead of ending the connection and every stream on it.
+    let resp = AssertUnwindSafe(traced(shared, port, conn, req))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("?");
+            error!(panic = what, "request handler panicked; answered 500");
+            fail(
+                Failure::new(Origin::Internal, "panic"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            )
+        });
+    if let Some(f) = resp.extensions().get::<Failure>() {
+        metrics.error(*f);
+    }
+    if head {
+        // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    resp
+}
 
-    let resp = match shared.tracer.clone() {
+/// [`route`], in a trace span when tracing is on.
+async fn traced(
+    shared: Arc<Shared>,
+    port: Arc<PortConfig>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    match shared.tracer.clone() {
         None => route(shared, port, conn, req, None).await,
         Some(tracer) => {
             let span = tracer.start(req.headers(), req.method().as_str().to_owned());
@@ -180,14 +221,7 @@ pub async fn handle(
             tracer.finish(span, resp.status().is_server_error());
             resp
         }
-    };
-
-    if head {
-        // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
-        let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, empty());
     }
-    resp
 }
 
 async fn route(
@@ -201,12 +235,20 @@ async fn route(
     let protocol = protocol_index(req.version());
     let unmatched = |why: Unmatched, status: StatusCode, msg: &str| {
         shared.metrics.unmatched(protocol, why);
-        simple(status, msg)
+        let resp = fail(Failure::new(Origin::Client, why.as_str()), status, msg);
+        log_unmatched(&conn, &req, &resp, start);
+        resp
     };
 
     if let Some((status, why)) = framing_error(&req) {
         shared.metrics.unmatched(protocol, Unmatched::BadFraming);
-        return refuse_and_close(status, why);
+        let resp = refuse_and_close(
+            Failure::new(Origin::Client, Unmatched::BadFraming.as_str()),
+            status,
+            why,
+        );
+        log_unmatched(&conn, &req, &resp, start);
+        return resp;
     }
     let Some(host) = headers::request_host(&req) else {
         return unmatched(
@@ -273,18 +315,34 @@ async fn route(
     let observe = Observe { metrics, span };
     let fut = process(&shared, &port, &conn, entry, req, host, observe);
     let resp = match rule.request_timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .unwrap_or_else(|_| simple(StatusCode::GATEWAY_TIMEOUT, "request timeout")),
+        Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+            fail(
+                Failure::new(Origin::Timeout, "request_timeout"),
+                StatusCode::GATEWAY_TIMEOUT,
+                "request timeout",
+            )
+        }),
         None => fut.await,
     };
     metrics.record(protocol, resp.status(), start.elapsed());
     if let Some((method, path)) = logged {
+        let error = resp.extensions().get::<Failure>();
         info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
             route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
+            error = error.map(tracing::field::display),
             duration_ms = start.elapsed().as_secs_f64() * 1e3);
     }
     resp
+}
+
+/// The access log line of a request that reached no route.
+fn log_unmatched<B>(conn: &ConnInfo, req: &Request<B>, resp: &Response<Body>, start: Instant) {
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        let error = resp.extensions().get::<Failure>();
+        info!(target: "access", peer = %conn.peer, method = %req.method(), path = req.uri().path(),
+            status = resp.status().as_u16(), error = error.map(tracing::field::display),
+            duration_ms = start.elapsed().as_secs_f64() * 1e3);
+    }
 }
 
 fn matches(m: &ir::Matcher, req: &Request<Incoming>, query: &[(String, String)]) -> bool {
@@ -407,7 +465,8 @@ async fn process(
 
     // Weighted choice of backend; invalid or absent backends answer 500.
     if rule.backends.is_empty() || rule.total_weight == 0 {
-        return simple(
+        return fail(
+            Failure::new(Origin::Configuration, "no_backend"),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the route rule has no usable backend",
         );
@@ -427,7 +486,8 @@ async fn process(
         })
         .expect("pick < total weight");
     let BackendKind::Service(target) = &backend.kind else {
-        return simple(
+        return fail(
+            Failure::new(Origin::Configuration, "invalid_backend"),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the backend reference is invalid; see the route's status",
         );
@@ -518,7 +578,8 @@ async fn process(
                 (Some(b), None)
             }
             Err(_) => {
-                return simple(
+                return fail(
+                    Failure::new(Origin::Client, "body_too_large"),
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body too large to retry or mirror",
                 );
@@ -564,7 +625,8 @@ async fn process(
         attempt += 1;
         let Some((addr, _guard)) = shared.upstreams.pick(target, last_addr) else {
             metrics.upstream_error(UpstreamError::NoEndpoint);
-            return simple(
+            return fail(
+                Failure::new(Origin::UpstreamConnect, "no_endpoint"),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no ready endpoint for the backend Service",
             );
@@ -599,11 +661,19 @@ async fn process(
                     tokio::time::sleep(r.backoff).await;
                     continue;
                 }
-                return simple(StatusCode::GATEWAY_TIMEOUT, "backend request timeout");
+                return fail(
+                    Failure::new(Origin::Timeout, "backend_timeout"),
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "backend request timeout",
+                );
             }
             Ok(Err(super::upstream::SendError::Http(e))) if caused_by_client_body(&e) => {
                 debug!(%addr, error = %e, "the client's request body failed");
-                return refuse_and_close(StatusCode::BAD_REQUEST, "malformed request body");
+                return refuse_and_close(
+                    Failure::new(Origin::Client, "bad_body"),
+                    StatusCode::BAD_REQUEST,
+                    "malformed request body",
+                );
             }
             Ok(Err(e)) => {
                 debug!(%addr, error = %e, "upstream request failed");
@@ -625,9 +695,18 @@ async fn process(
                     continue;
                 }
                 if let super::upstream::SendError::Policy(why) = &e {
-                    return simple(StatusCode::BAD_GATEWAY, &format!("backend TLS: {why}"));
+                    return fail(
+                        Failure::new(Origin::UpstreamConnect, "tls"),
+                        StatusCode::BAD_GATEWAY,
+                        &format!("backend TLS: {why}"),
+                    );
                 }
-                return simple(status, "upstream connection failed");
+                let why = if e.is_connect() {
+                    Failure::new(Origin::UpstreamConnect, "connect")
+                } else {
+                    Failure::new(Origin::UpstreamProtocol, "reset")
+                };
+                return fail(why, status, "upstream connection failed");
             }
             Ok(Ok(resp)) => resp,
         };
