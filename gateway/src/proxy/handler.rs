@@ -500,6 +500,126 @@ async fn process(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    let Rewritten {
+        path_and_query,
+        response_edits,
+        mirrors,
+    } = request_filters(
+        entry, backend, target, conn, scheme, &host, span, &mut parts,
+    );
+
+    // Bodies are buffered only when a retry or a mirror needs to send them again.
+    let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
+    let (buffered, streamed): (Option<Bytes>, Option<Body>) = if needs_copy {
+        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(c) => {
+                let b = c.to_bytes();
+                metrics.request_bytes.inc_by(b.len() as u64);
+                (Some(b), None)
+            }
+            Err(_) => {
+                return fail(
+                    Failure::new(Origin::Client, "body_too_large"),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large to retry or mirror",
+                );
+            }
+        }
+    } else {
+        let counted = metrics.request_bytes.clone();
+        (
+            None,
+            Some(
+                body.map_frame(move |f| count(&counted, f))
+                    .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+                    .boxed(),
+            ),
+        )
+    };
+
+    for m in mirrors {
+        if let Some((addr, guard)) = shared.upstreams.pick(&m, None) {
+            let req = build(
+                &parts.method,
+                parts.headers.clone(),
+                &path_and_query,
+                addr,
+                full(buffered.clone().unwrap_or_default()),
+            );
+            let shared = shared.clone();
+            // Mirrors are fire-and-forget; their outcome never affects the client.
+            tokio::spawn(async move {
+                let _guard = guard;
+                let sent = shared.upstreams.send(&m, req);
+                if let Ok(Ok(resp)) = tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    let sent = Sent {
+        method: &parts.method,
+        headers: &mut parts.headers,
+        path_and_query: &path_and_query,
+        buffered: &buffered,
+        streamed,
+    };
+    let mut resp = match forward(shared, rule, target, metrics, span, sent).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (Some(client), true) = (upgrade, switching) {
+        let backend = hyper::upgrade::on(&mut resp);
+        tokio::spawn(super::tunnel::join(client, backend, shared.idle_timeout));
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    // The gateway answers in its own HTTP version, whatever the backend's (RFC 9110
+    // 6.2): an HTTP/1.0 status line would end the client's keep-alive.
+    rparts.version = hyper::Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut rparts.headers, switching);
+    if switching {
+        rparts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    for e in &response_edits {
+        apply_edit(&mut rparts.headers, e);
+    }
+    if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
+        super::cors::decorate(c, o, &mut rparts.headers);
+    }
+    let counted = metrics.response_bytes.clone();
+    let rbody = rbody
+        .map_frame(move |f| count(&counted, f))
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed();
+    Response::from_parts(rparts, rbody)
+}
+
+/// What the request filters made of a request: the path to send, the response header
+/// edits to apply on the way back, and the mirrors to copy it to.
+struct Rewritten<'r> {
+    path_and_query: String,
+    response_edits: Vec<&'r ir::HeaderEdit>,
+    mirrors: Vec<Arc<ir::Target>>,
+}
+
+/// The rule's and the backend's request filters (header edits, URL rewrites, mirrors), the
+/// Host the backend sees, `forwarded`/`x-forwarded-*` and the trace context.
+#[allow(clippy::too_many_arguments)]
+fn request_filters<'r>(
+    entry: &'r RouteEntry,
+    backend: &'r ir::Backend,
+    target: &ir::Target,
+    conn: &ConnInfo,
+    scheme: &'static str,
+    host: &str,
+    span: Option<&Span>,
+    parts: &mut http::request::Parts,
+) -> Rewritten<'r> {
     let mut path_and_query = parts
         .uri
         .path_and_query()
@@ -507,7 +627,7 @@ async fn process(
         .unwrap_or_else(|| "/".into());
     // The target's authority wins over the Host field (an absolute-form request-target,
     // RFC 9112 3.2.2; HTTP/2's :authority).
-    let mut authority = host.clone();
+    let mut authority = host.to_owned();
     if let Some(a) = parts.uri.authority() {
         authority = a.as_str().to_owned();
     } else if let Some(orig) = parts
@@ -517,7 +637,7 @@ async fn process(
     {
         authority = orig.to_owned();
     }
-    let filters = rule.filters.iter().chain(backend.filters.iter());
+    let filters = entry.rule.filters.iter().chain(backend.filters.iter());
     let mut response_edits = Vec::new();
     let mut mirrors = Vec::new();
     for f in filters {
@@ -568,56 +688,41 @@ async fn process(
         );
     }
 
-    // Bodies are buffered only when a retry or a mirror needs to send them again.
-    let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
-    let (buffered, mut streamed): (Option<Bytes>, Option<Body>) = if needs_copy {
-        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(c) => {
-                let b = c.to_bytes();
-                metrics.request_bytes.inc_by(b.len() as u64);
-                (Some(b), None)
-            }
-            Err(_) => {
-                return fail(
-                    Failure::new(Origin::Client, "body_too_large"),
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large to retry or mirror",
-                );
-            }
-        }
-    } else {
-        let counted = metrics.request_bytes.clone();
-        (
-            None,
-            Some(
-                body.map_frame(move |f| count(&counted, f))
-                    .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
-                    .boxed(),
-            ),
-        )
-    };
-
-    for m in mirrors {
-        if let Some((addr, guard)) = shared.upstreams.pick(&m, None) {
-            let req = build(
-                &parts.method,
-                parts.headers.clone(),
-                &path_and_query,
-                addr,
-                full(buffered.clone().unwrap_or_default()),
-            );
-            let shared = shared.clone();
-            // Mirrors are fire-and-forget; their outcome never affects the client.
-            tokio::spawn(async move {
-                let _guard = guard;
-                let sent = shared.upstreams.send(&m, req);
-                if let Ok(Ok(resp)) = tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
-                    let _ = resp.into_body().collect().await;
-                }
-            });
-        }
+    Rewritten {
+        path_and_query,
+        response_edits,
+        mirrors,
     }
+}
 
+/// What is sent to the backend, once or again on a retry.
+struct Sent<'a> {
+    method: &'a Method,
+    headers: &'a mut HeaderMap,
+    path_and_query: &'a str,
+    /// The whole body when a retry or a mirror needs it again.
+    buffered: &'a Option<Bytes>,
+    /// Otherwise the body as it streams in (sent once).
+    streamed: Option<Body>,
+}
+
+/// The forwarding loop: an endpoint, the request, the backend timeout, retries with
+/// backoff. The backend's response, or the gateway's own error response.
+async fn forward(
+    shared: &Arc<Shared>,
+    rule: &ir::Rule,
+    target: &ir::Target,
+    metrics: &RouteMetrics,
+    span: Option<&Span>,
+    sent: Sent<'_>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let Sent {
+        method,
+        headers: req_headers,
+        path_and_query,
+        buffered,
+        mut streamed,
+    } = sent;
     let attempts = rule.retry.as_ref().map_or(1, |r| r.attempts.max(1));
     let mut last_addr = None;
     let mut attempt = 0;
@@ -625,28 +730,28 @@ async fn process(
         attempt += 1;
         let Some((addr, _guard)) = shared.upstreams.pick(target, last_addr) else {
             metrics.upstream_error(UpstreamError::NoEndpoint);
-            return fail(
+            return Err(fail(
                 Failure::new(Origin::UpstreamConnect, "no_endpoint"),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no ready endpoint for the backend Service",
-            );
+            ));
         };
         last_addr = Some(addr);
         if let Some(span) = span {
             span.set("cedille.backend.address", addr.to_string());
         }
-        let body = match (&buffered, streamed.take()) {
+        let body = match (buffered, streamed.take()) {
             (Some(b), _) => full(b.clone()),
             (None, Some(s)) => s,
             (None, None) => empty(),
         };
         // The last attempt may take the headers instead of copying them.
         let headers = if attempt >= attempts {
-            std::mem::take(&mut parts.headers)
+            std::mem::take(req_headers)
         } else {
-            parts.headers.clone()
+            req_headers.clone()
         };
-        let req = build(&parts.method, headers, &path_and_query, addr, body);
+        let req = build(method, headers, path_and_query, addr, body);
         let sent = shared.upstreams.send(target, req);
         let result = match rule.backend_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
@@ -661,19 +766,19 @@ async fn process(
                     tokio::time::sleep(r.backoff).await;
                     continue;
                 }
-                return fail(
+                return Err(fail(
                     Failure::new(Origin::Timeout, "backend_timeout"),
                     StatusCode::GATEWAY_TIMEOUT,
                     "backend request timeout",
-                );
+                ));
             }
             Ok(Err(super::upstream::SendError::Http(e))) if caused_by_client_body(&e) => {
                 debug!(%addr, error = %e, "the client's request body failed");
-                return refuse_and_close(
+                return Err(refuse_and_close(
                     Failure::new(Origin::Client, "bad_body"),
                     StatusCode::BAD_REQUEST,
                     "malformed request body",
-                );
+                ));
             }
             Ok(Err(e)) => {
                 debug!(%addr, error = %e, "upstream request failed");
@@ -695,18 +800,18 @@ async fn process(
                     continue;
                 }
                 if let super::upstream::SendError::Policy(why) = &e {
-                    return fail(
+                    return Err(fail(
                         Failure::new(Origin::UpstreamConnect, "tls"),
                         StatusCode::BAD_GATEWAY,
                         &format!("backend TLS: {why}"),
-                    );
+                    ));
                 }
                 let why = if e.is_connect() {
                     Failure::new(Origin::UpstreamConnect, "connect")
                 } else {
                     Failure::new(Origin::UpstreamProtocol, "reset")
                 };
-                return fail(why, status, "upstream connection failed");
+                return Err(fail(why, status, "upstream connection failed"));
             }
             Ok(Ok(resp)) => resp,
         };
@@ -718,35 +823,7 @@ async fn process(
             tokio::time::sleep(r.backoff).await;
             continue;
         }
-        let mut resp = resp;
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (Some(client), true) = (upgrade, switching) {
-            let backend = hyper::upgrade::on(&mut resp);
-            tokio::spawn(super::tunnel::join(client, backend, shared.idle_timeout));
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        // The gateway answers in its own HTTP version, whatever the backend's (RFC 9110
-        // 6.2): an HTTP/1.0 status line would end the client's keep-alive.
-        rparts.version = hyper::Version::HTTP_11;
-        headers::strip_hop_by_hop(&mut rparts.headers, switching);
-        if switching {
-            rparts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-
-        for e in &response_edits {
-            apply_edit(&mut rparts.headers, e);
-        }
-        if let (Some(c), Some(o)) = (cors, origin.as_deref()) {
-            super::cors::decorate(c, o, &mut rparts.headers);
-        }
-        let counted = metrics.response_bytes.clone();
-        let rbody = rbody
-            .map_frame(move |f| count(&counted, f))
-            .map_err(|e| Box::new(e) as BoxError)
-            .boxed();
-        return Response::from_parts(rparts, rbody);
+        return Ok(resp);
     }
 }
 
