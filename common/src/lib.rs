@@ -29,13 +29,14 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sends a [`Change`] on `tx` when something in `dir` (recursively) changes. Access events
+/// Sends a [`Change`] and the paths it concerns on `tx` when something in `dir`
+/// (recursively) changes. Access events
 /// other than a close after writing (opens, reads) are ignored: rescanning the directory
 /// causes them, and reacting would loop.
 /// `None`, logged, when the platform refuses; callers then rely on periodic rescans.
 pub fn watch_dir(
     dir: &std::path::Path,
-    tx: tokio::sync::mpsc::Sender<Change>,
+    tx: tokio::sync::mpsc::UnboundedSender<(Change, Vec<std::path::PathBuf>)>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{
         EventKind, Watcher,
@@ -52,7 +53,7 @@ pub fn watch_dir(
             // Data written to a file still open: more may follow.
             _ => Change::InProgress,
         };
-        let _ = tx.try_send(change);
+        let _ = tx.send((change, e.paths));
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the config directory; polling only"))
     .ok()?;

@@ -2,7 +2,7 @@
 //! re-reads that file only; everything else in the store stays as it was.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     marker::PhantomData,
     path::{Path, PathBuf},
@@ -29,7 +29,11 @@ struct Stamp {
 pub struct DirSource<C> {
     dir: PathBuf,
     seen: BTreeMap<PathBuf, Stamp>,
-    events: mpsc::Receiver<Change>,
+    events: mpsc::UnboundedReceiver<(Change, Vec<PathBuf>)>,
+    /// Paths reported changed since the last sync: read alone, without walking the tree.
+    pending: BTreeSet<PathBuf>,
+    /// The next sync walks the whole tree (the first, every rescan, a directory changed).
+    full: bool,
     _watcher: Option<notify::RecommendedWatcher>,
     rescan: tokio::time::Interval,
     synced: bool,
@@ -70,14 +74,17 @@ impl<C: Catalog> DirSource<C> {
     /// was missed (or the platform gives none).
     pub fn new(dir: impl Into<PathBuf>, rescan: Duration) -> Self {
         let dir = dir.into();
-        let (tx, events) = mpsc::channel(256);
+        let (tx, events) = mpsc::unbounded_channel();
         let watcher = cedille_common::watch_dir(&dir, tx);
-        let mut rescan = tokio::time::interval(rescan);
+        // The first sync walks the tree anyway: the first rescan is one period away.
+        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + rescan, rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             dir,
             seen: BTreeMap::new(),
             events,
+            pending: BTreeSet::new(),
+            full: true,
             _watcher: watcher,
             rescan,
             synced: false,
@@ -87,11 +94,13 @@ impl<C: Catalog> DirSource<C> {
 
     /// A source that is read on demand only (no watch, no timer): `--check-config`.
     pub fn once(dir: impl Into<PathBuf>) -> Self {
-        let (_, events) = mpsc::channel(1);
+        let (_, events) = mpsc::unbounded_channel();
         Self {
             dir: dir.into(),
             seen: BTreeMap::new(),
             events,
+            pending: BTreeSet::new(),
+            full: true,
             _watcher: None,
             rescan: tokio::time::interval(Duration::from_secs(3600)),
             synced: false,
@@ -104,21 +113,24 @@ impl<C: Catalog> DirSource<C> {
         self.synced
     }
 
-    /// Completes when something in the directory may have changed: a notification (after
-    /// letting a burst of writes settle) or the rescan period.
     /// Returns when the directory should be read again: at once when a file was written
     /// and closed, renamed into place or removed (whatever else arrived meanwhile is read in
     /// the same pass, so a burst costs one pass per translation, not one per file); when a
     /// file is still being written, once it is closed or [`SETTLE`] passes without news;
     /// and at every rescan.
     pub async fn changed(&mut self) {
-        let first = tokio::select! {
-            Some(c) = self.events.recv() => c,
-            _ = self.rescan.tick() => return,
+        let (first, paths) = tokio::select! {
+            Some(e) = self.events.recv() => e,
+            _ = self.rescan.tick() => {
+                self.full = true;
+                return;
+            }
         };
+        self.pending.extend(paths);
         let mut settled = first == Change::Settled;
-        while let Ok(c) = self.events.try_recv() {
+        while let Ok((c, paths)) = self.events.try_recv() {
             settled |= c == Change::Settled;
+            self.pending.extend(paths);
         }
         if settled {
             return;
@@ -127,23 +139,118 @@ impl<C: Catalog> DirSource<C> {
         tokio::pin!(quiet);
         loop {
             tokio::select! {
-                c = self.events.recv() => match c {
-                    Some(Change::Settled) | None => return,
-                    Some(Change::InProgress) => quiet.as_mut().reset(tokio::time::Instant::now() + SETTLE),
+                e = self.events.recv() => match e {
+                    Some((Change::Settled, paths)) => {
+                        self.pending.extend(paths);
+                        return;
+                    }
+                    Some((Change::InProgress, paths)) => {
+                        self.pending.extend(paths);
+                        quiet.as_mut().reset(tokio::time::Instant::now() + SETTLE);
+                    }
+                    None => return,
                 },
                 _ = &mut quiet => return,
             }
         }
     }
 
+    /// Whether a reported path asks for a walk of the tree: a directory (created, renamed
+    /// or removed), rather than a manifest file or something to ignore.
+    fn needs_walk(&self, p: &Path) -> bool {
+        if is_manifest(p) && !p.is_dir() {
+            return false;
+        }
+        if is_hidden(p) {
+            return false;
+        }
+        p.is_dir() || self.seen.keys().any(|s| s.starts_with(p) && s != p)
+    }
+
+    /// Whether `p` is a file the walk would read: under the directory, no hidden
+    /// component, not too deep.
+    fn in_tree(&self, p: &Path) -> bool {
+        let Ok(rel) = p.strip_prefix(&self.dir) else {
+            return false;
+        };
+        let parts: Vec<_> = rel.components().collect();
+        is_manifest(p)
+            && parts.len() <= 9
+            && parts
+                .iter()
+                .all(|c| !c.as_os_str().to_string_lossy().starts_with('.'))
+    }
+
+    /// Reads one manifest file into the store (`stamp` is what it was read at).
+    fn load(&mut self, path: &Path, stamp: Stamp, store: &mut Store<C>) -> bool {
+        let source = path.display().to_string();
+        let text = match fs::read(path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                warn!(file = %source, error = %e, "cannot read manifest file");
+                return false;
+            }
+        };
+        let parsed = manifest::parse::<C>(path, &text);
+        for (_, e) in &parsed.errors {
+            warn!(file = %e.file, document = e.document, object = e.object.as_deref().unwrap_or("-"),
+                field = e.field.as_deref().unwrap_or("-"), "rejected manifest: {}", e.message);
+        }
+        let keys = store.apply_source(&source, parsed);
+        if !keys.is_empty() {
+            info!(file = %source, objects = keys.len(), "manifest file applied");
+        }
+        self.seen.insert(path.to_owned(), stamp);
+        true
+    }
+
+    fn forget(&mut self, path: &Path, store: &mut Store<C>) -> bool {
+        if self.seen.remove(path).is_none() {
+            return false;
+        }
+        let source = path.display().to_string();
+        let keys = store.remove_source(&source);
+        info!(file = %source, objects = keys.len(), "manifest file removed");
+        true
+    }
+
     /// Brings the store in line with the directory. Returns whether anything changed: an
-    /// object, or what is known to be wrong with a file (status reports both).
+    /// object, or what is known to be wrong with a file (status reports both). Only the
+    /// paths the watch reported are read, unless a walk of the tree is due.
     pub fn sync(&mut self, store: &mut Store<C>) -> bool {
+        let pending = std::mem::take(&mut self.pending);
+        if self.full || !self.synced || pending.iter().any(|p| self.needs_walk(p)) {
+            self.full = false;
+            return self.sync_all(store);
+        }
+        let mut changed = false;
+        for path in pending {
+            if !self.in_tree(&path) {
+                continue;
+            }
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    let stamp = Stamp {
+                        modified: meta.modified().ok(),
+                        len: meta.len(),
+                    };
+                    if self.seen.get(&path) != Some(&stamp) {
+                        changed |= self.load(&path, stamp, store);
+                    }
+                }
+                _ => changed |= self.forget(&path, store),
+            }
+        }
+        changed
+    }
+
+    /// Walks the whole tree.
+    fn sync_all(&mut self, store: &mut Store<C>) -> bool {
         let mut files = Vec::new();
         walk(&self.dir, &mut files, 0);
         files.sort();
         let mut changed = false;
-        let mut now = BTreeMap::new();
+        let mut present = BTreeSet::new();
         for path in files {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
@@ -152,37 +259,25 @@ impl<C: Catalog> DirSource<C> {
                 modified: meta.modified().ok(),
                 len: meta.len(),
             };
-            now.insert(path.clone(), stamp);
+            present.insert(path.clone());
             if self.seen.get(&path) == Some(&stamp) {
                 continue;
             }
-            let source = path.display().to_string();
-            let text = match fs::read(&path) {
-                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                Err(e) => {
-                    warn!(file = %source, error = %e, "cannot read manifest file");
-                    now.remove(&path);
-                    continue;
-                }
-            };
-            let parsed = manifest::parse::<C>(&path, &text);
-            for (_, e) in &parsed.errors {
-                warn!(file = %e.file, document = e.document, object = e.object.as_deref().unwrap_or("-"),
-                    field = e.field.as_deref().unwrap_or("-"), "rejected manifest: {}", e.message);
-            }
-            let keys = store.apply_source(&source, parsed);
-            if !keys.is_empty() {
-                info!(file = %source, objects = keys.len(), "manifest file applied");
+            if !self.load(&path, stamp, store) {
+                present.remove(&path);
+                continue;
             }
             changed = true;
         }
-        for gone in self.seen.keys().filter(|p| !now.contains_key(*p)) {
-            let source = gone.display().to_string();
-            let keys = store.remove_source(&source);
-            info!(file = %source, objects = keys.len(), "manifest file removed");
-            changed = true;
+        let gone: Vec<PathBuf> = self
+            .seen
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            changed |= self.forget(&p, store);
         }
-        self.seen = now;
         self.synced = true;
         changed
     }

@@ -253,3 +253,83 @@ fn api_objects_keep_the_servers_metadata_and_status_moves_alone() {
         "kubernetes: ConfigMap ns/c: field data.invalid: not allowed"
     );
 }
+
+/// The directory source reads what the watch reports, without walking the tree, and walks
+/// it when a directory comes or goes: files written in place or renamed into place, removed,
+/// in a new subdirectory and with it removed, hidden ones ignored; every step matches a
+/// fresh read of the whole directory.
+#[tokio::test]
+async fn the_directory_source_follows_files_and_directories() {
+    use crate::dir::DirSource;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut src = DirSource::<Obj>::new(d, std::time::Duration::from_secs(3600));
+    let mut store = Store::new();
+    src.sync(&mut store);
+    let names = |s: &Store<Obj>| -> Vec<String> {
+        let mut v: Vec<String> = s.iter().map(|o| o.object.meta().name.clone()).collect();
+        v.sort();
+        v
+    };
+    let fresh = || {
+        let mut s = Store::new();
+        DirSource::<Obj>::once(d).sync(&mut s);
+        names(&s)
+    };
+    // Each step changes the directory, waits for the watch, syncs, and compares.
+    type Step<'a> = (&'a str, Box<dyn Fn() + 'a>, Vec<&'a str>);
+    let steps: Vec<Step> = vec![
+        (
+            "a file written",
+            Box::new(|| std::fs::write(d.join("a.yaml"), cm("a", "k")).unwrap()),
+            vec!["a"],
+        ),
+        (
+            "a file renamed into place",
+            Box::new(|| {
+                std::fs::write(d.join(".b.yaml.tmp"), cm("b", "k")).unwrap();
+                std::fs::rename(d.join(".b.yaml.tmp"), d.join("b.yaml")).unwrap();
+            }),
+            vec!["a", "b"],
+        ),
+        (
+            "a hidden file",
+            Box::new(|| std::fs::write(d.join(".c.yaml"), cm("c", "k")).unwrap()),
+            vec!["a", "b"],
+        ),
+        (
+            "a new subdirectory with a file",
+            Box::new(|| {
+                std::fs::create_dir(d.join(".sub.tmp")).unwrap();
+                std::fs::write(d.join(".sub.tmp/e.yaml"), cm("e", "k")).unwrap();
+                std::fs::rename(d.join(".sub.tmp"), d.join("sub")).unwrap();
+            }),
+            vec!["a", "b", "e"],
+        ),
+        (
+            "a file removed",
+            Box::new(|| std::fs::remove_file(d.join("a.yaml")).unwrap()),
+            vec!["b", "e"],
+        ),
+        (
+            "the subdirectory removed",
+            Box::new(|| std::fs::remove_dir_all(d.join("sub")).unwrap()),
+            vec!["b"],
+        ),
+    ];
+    for (what, change, want) in steps {
+        change();
+        // The watch's report, then a sync; a change can take more than one report.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), src.changed()).await;
+            src.sync(&mut store);
+            if names(&store) == want || tokio::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        assert_eq!(names(&store), want, "after {what}");
+        assert_eq!(names(&store), fresh(), "after {what}: a fresh read agrees");
+    }
+}
