@@ -7,27 +7,39 @@ use crate::{
     ir::Target,
     model::{
         GATEWAY_GROUP, Kind, Object,
-        core::{EndpointSlice, SERVICE_NAME_LABEL, Service},
+        core::{SERVICE_NAME_LABEL, Service},
         gwapi::BackendObjectReference,
     },
     store::Store,
 };
 
-/// EndpointSlices by (namespace, service name).
-pub(crate) type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>;
+/// The names of the EndpointSlices of each Service (`namespace/service`), kept between
+/// translations while no EndpointSlice changes.
+pub(crate) struct SliceIndex {
+    epoch: u64,
+    by_service: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+}
 
-pub(crate) fn index(store: &Store) -> SliceIndex<'_> {
-    let mut idx: SliceIndex<'_> = HashMap::new();
-    for s in store.kind(Kind::EndpointSlice) {
-        if let Object::EndpointSlice(es) = s.object.as_ref()
-            && let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL)
-        {
-            idx.entry((es.metadata.ns(), svc.as_str()))
-                .or_default()
-                .push(es);
+impl SliceIndex {
+    /// `cached` if it is still current, else a new index.
+    pub(crate) fn current(cached: Option<SliceIndex>, store: &Store) -> SliceIndex {
+        let epoch = store.kind_epoch(Kind::EndpointSlice);
+        if let Some(c) = cached.filter(|c| c.epoch == epoch) {
+            return c;
         }
+        let mut by_service: HashMap<String, Vec<String>, _> = HashMap::default();
+        for s in store.kind(Kind::EndpointSlice) {
+            if let Object::EndpointSlice(es) = s.object.as_ref()
+                && let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL)
+            {
+                by_service
+                    .entry(format!("{}/{svc}", es.metadata.ns()))
+                    .or_default()
+                    .push(es.metadata.name.clone());
+            }
+        }
+        SliceIndex { epoch, by_service }
     }
-    idx
 }
 
 /// Why a reference does not resolve: `(ResolvedRefs reason, message)`.
@@ -115,12 +127,20 @@ pub(crate) fn resolve(
 fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     let port_name = port_name.unwrap_or("");
-    let Some(slices) = ctx
-        .slices()
-        .get(&(svc.metadata.ns(), svc.metadata.name.as_str()))
+    let ns = svc.metadata.ns();
+    let Some(names) = ctx
+        .slices
+        .by_service
+        .get(&format!("{ns}/{}", svc.metadata.name))
     else {
         return out;
     };
+    let slices = names
+        .iter()
+        .filter_map(|n| match ctx.store.get_obj(Kind::EndpointSlice, ns, n) {
+            Some(Object::EndpointSlice(es)) => Some(es),
+            _ => None,
+        });
     for es in slices {
         let Some(port) = es
             .ports

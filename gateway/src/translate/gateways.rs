@@ -561,11 +561,11 @@ type VhostMap =
 /// virtual host whose routes are the very ones of a cached one is that one; what is used
 /// moves from `old` to `new`.
 fn vhosts(
-    entries: &[(Option<String>, Arc<BuiltRoute>)],
+    entries: &[(Option<Arc<str>>, Arc<BuiltRoute>)],
     old: &mut VhostMap,
     new: &mut VhostMap,
 ) -> VirtualHosts {
-    let mut by_host: BTreeMap<Option<String>, Vec<&Arc<BuiltRoute>>> = BTreeMap::new();
+    let mut by_host: BTreeMap<Option<Arc<str>>, Vec<&Arc<BuiltRoute>>> = BTreeMap::new();
     for (host, route) in entries {
         by_host.entry(host.clone()).or_default().push(route);
     }
@@ -587,7 +587,7 @@ fn vhosts(
             Some(h) => match h.strip_prefix('*') {
                 Some(suffix) => wildcard.push((suffix.to_owned(), vhost)),
                 None => {
-                    out.exact.insert(h, vhost);
+                    out.exact.insert(h.to_string(), vhost);
                 }
             },
         }

@@ -30,7 +30,7 @@ pub(crate) struct ListenerState<'a> {
     pub client_auth: Option<Arc<ir::ClientAuth>>,
     pub attached_routes: i32,
     /// Rules attached to this listener, per effective hostname (`None` = any).
-    pub entries: Vec<(Option<String>, Arc<super::routes::BuiltRoute>)>,
+    pub entries: Vec<(Option<Arc<str>>, Arc<super::routes::BuiltRoute>)>,
 }
 
 impl ListenerState<'_> {

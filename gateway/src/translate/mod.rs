@@ -29,6 +29,7 @@ pub use status::StatusReport;
 #[derive(Default)]
 pub struct Cache {
     routes: routes::Cache,
+    slices: Option<backends::SliceIndex>,
     vhosts: gateways::VhostCache,
 }
 
@@ -65,7 +66,8 @@ pub fn translate_with(
     now: &str,
     env: &Env,
 ) -> Output {
-    let mut ctx = Ctx::new(store, prev, now);
+    let slices = backends::SliceIndex::current(cache.slices.take(), store);
+    let mut ctx = Ctx::new(store, prev, now, &slices);
     ctx.unusable = &env.unusable;
     ctx.env = env;
     let (policies, checked) = backend_tls::index(&ctx);
@@ -76,6 +78,8 @@ pub fn translate_with(
     let (snapshot, mut status) = gateways::finish(&ctx, gws, routes, &mut cache.vhosts);
     status.backend_tls_policies = backend_tls::statuses(&ctx, checked, &ours);
     status.invalid_manifests = store.errors();
+    drop(ctx);
+    cache.slices = Some(slices);
     Output { snapshot, status }
 }
 
@@ -84,9 +88,7 @@ pub(crate) struct Ctx<'a> {
     pub prev: Option<&'a StatusReport>,
     pub now: &'a str,
     grants: Vec<&'a ReferenceGrant>,
-    /// Built when a route is first checked (a translation that reuses every route needs
-    /// none).
-    slices: std::cell::OnceCell<backends::SliceIndex<'a>>,
+    pub slices: &'a backends::SliceIndex,
     pub unusable: &'a BTreeSet<SocketAddr>,
     pub policies: backend_tls::PolicyIndex,
     pub env: &'a Env,
@@ -100,7 +102,12 @@ static NO_ENV: Env = Env {
 };
 
 impl<'a> Ctx<'a> {
-    fn new(store: &'a Store, prev: Option<&'a StatusReport>, now: &'a str) -> Self {
+    fn new(
+        store: &'a Store,
+        prev: Option<&'a StatusReport>,
+        now: &'a str,
+        slices: &'a backends::SliceIndex,
+    ) -> Self {
         let grants = store
             .kind(Kind::ReferenceGrant)
             .filter_map(|s| match s.object.as_ref() {
@@ -113,16 +120,11 @@ impl<'a> Ctx<'a> {
             prev,
             now,
             grants,
-            slices: std::cell::OnceCell::new(),
+            slices,
             unusable: &NONE_UNUSABLE,
             policies: Default::default(),
             env: &NO_ENV,
         }
-    }
-
-    /// EndpointSlices by the Service they belong to.
-    pub fn slices(&self) -> &backends::SliceIndex<'a> {
-        self.slices.get_or_init(|| backends::index(self.store))
     }
 
     /// Whether a reference from a `from_kind` in `from_ns` to `to_kind` `to_ns/to_name` is

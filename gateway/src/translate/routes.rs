@@ -36,7 +36,7 @@ pub(crate) struct BuiltRoute {
 }
 
 pub(crate) struct RouteResult {
-    pub statuses: BTreeMap<String, Arc<Entry<RouteStatus>>>,
+    pub statuses: BTreeMap<Arc<str>, Arc<Entry<RouteStatus>>>,
 }
 
 /// What earlier translations made of each route: its attachments to listeners and its
@@ -47,20 +47,26 @@ pub(crate) struct RouteResult {
 pub(crate) struct Cache {
     /// The epochs of every kind but routes, and the environment, when `routes` was filled.
     deps: (Vec<u64>, String),
-    routes: HashMap<(String, String), Outcome, foldhash::fast::RandomState>,
+    /// By the address of the route object they were made from (held, so not reused).
+    routes: HashMap<usize, Outcome, foldhash::fast::RandomState>,
+    /// Grows by one per translation; outcomes not used by the last one are dropped.
+    pass: u64,
 }
 
 struct Outcome {
-    object: Arc<Object>,
+    /// Held so that its address, the key, is not reused while the outcome is cached.
+    _object: Arc<Object>,
     attachments: Vec<Attachment>,
-    status: Option<Arc<Entry<RouteStatus>>>,
+    /// `namespace/name`, and the status.
+    status: Option<(Arc<str>, Arc<Entry<RouteStatus>>)>,
+    pass: u64,
 }
 
 /// A route's rules bound to one listener, under the hostnames they share.
 struct Attachment {
     gateway: (String, String),
     listener: usize,
-    hosts: Vec<Option<String>>,
+    hosts: Vec<Option<Arc<str>>>,
     built: Arc<BuiltRoute>,
 }
 
@@ -78,12 +84,13 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         .map(|k| ctx.store.kind_epoch(*k))
         .collect();
     let deps = (deps, format!("{:?}", ctx.env));
-    let mut old = std::mem::take(&mut cache.routes);
     if deps != cache.deps {
         tracing::debug!("translation: objects other than routes changed; every route again");
-        old.clear();
+        cache.routes.clear();
         cache.deps = deps;
     }
+    cache.pass += 1;
+    let pass = cache.pass;
     let mut translated = 0usize;
     let mut statuses = BTreeMap::new();
     for stored in ctx.store.kind(Kind::HttpRoute) {
@@ -91,11 +98,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             continue;
         };
         let ns = route.metadata.ns();
-        let key = (ns.to_owned(), route.metadata.name.clone());
-        if let Some(o) = old
-            .remove(&key)
-            .filter(|o| Arc::ptr_eq(&o.object, &stored.object))
-        {
+        let key = Arc::as_ptr(&stored.object) as usize;
+        if let Some(o) = cache.routes.get_mut(&key) {
+            o.pass = pass;
             for a in &o.attachments {
                 if let Some(gw) = gws.gateways.get_mut(&a.gateway) {
                     let l = &mut gw.listeners[a.listener];
@@ -105,10 +110,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                     }
                 }
             }
-            if let Some(st) = &o.status {
-                statuses.insert(format!("{ns}/{}", route.metadata.name), st.clone());
+            if let Some((k, st)) = &o.status {
+                statuses.insert(k.clone(), st.clone());
             }
-            cache.routes.insert(key, o);
             continue;
         }
         translated += 1;
@@ -170,7 +174,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
-                .and_then(|p| p.http_routes.get(&key))
+                .and_then(|p| p.http_routes.get(key.as_str()))
                 .and_then(|e| e.status.parents.iter().find(|p| p.parent_ref == parent_ref))
                 .map(|p| p.conditions.as_slice());
             parents.push(RouteParentStatus {
@@ -187,16 +191,21 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 status: RouteStatus { parents },
             })
         });
-        if let Some(st) = &status {
-            statuses.insert(format!("{ns}/{}", route.metadata.name), st.clone());
-        }
+        let status = status.map(|st| {
+            let k: Arc<str> = Arc::from(format!("{ns}/{}", route.metadata.name));
+            statuses.insert(k.clone(), st.clone());
+            (k, st)
+        });
         let outcome = Outcome {
-            object: stored.object.clone(),
+            _object: stored.object.clone(),
             attachments,
             status,
+            pass,
         };
         cache.routes.insert(key, outcome);
     }
+    // Routes gone or changed since: their outcomes go (and with them their objects).
+    cache.routes.retain(|_, o| o.pass == pass);
     tracing::debug!(
         translated,
         "translation: routes translated (the others reused)"
@@ -293,6 +302,7 @@ fn attach(
         }
         attached_any = true;
         l.attached_routes += 1;
+        let hosts: Vec<Option<Arc<str>>> = hosts.into_iter().map(|h| h.map(Arc::from)).collect();
         for h in &hosts {
             l.entries.push((h.clone(), built.clone()));
         }

@@ -162,7 +162,7 @@ pub struct StatusReport {
     pub gateways: BTreeMap<String, Entry<GatewayStatus>>,
     pub listener_sets: BTreeMap<String, Entry<ListenerSetStatus>>,
     #[serde(rename = "httpRoutes")]
-    pub http_routes: BTreeMap<String, std::sync::Arc<Entry<RouteStatus>>>,
+    pub http_routes: BTreeMap<std::sync::Arc<str>, std::sync::Arc<Entry<RouteStatus>>>,
     #[serde(rename = "backendTLSPolicies")]
     pub backend_tls_policies: BTreeMap<String, Entry<PolicyStatus>>,
     /// Manifests that were rejected, with the reason (file, document, object, field).
