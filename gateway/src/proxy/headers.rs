@@ -17,6 +17,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including any the Connection header names. `Upgrade` is
 /// removed too unless `keep_upgrade` (a WebSocket handshake being forwarded).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (standard names compare as
+    // small integers) instead of a hashed removal per hop-by-hop name.
+    let any = h.keys().any(|k| {
+        k == header::CONNECTION || k == header::UPGRADE || HOP_BY_HOP.iter().any(|n| n == k)
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()

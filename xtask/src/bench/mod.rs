@@ -4,6 +4,7 @@
 //! CPU per request (or per handshake, per connection) and latency at a fixed rate.
 
 pub(crate) mod agent;
+mod callgrind;
 mod gateway;
 mod kubernetes;
 mod mesh;
@@ -19,7 +20,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway`, `agent`, `mesh`, `routes` or `kubernetes`.
+    /// What to benchmark: `gateway`, `agent`, `mesh`, `routes`, `callgrind` or `kubernetes`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -37,6 +38,9 @@ pub struct Args {
     /// Requests per second for the fixed-rate latency measurement.
     #[arg(long, default_value_t = 5000)]
     rate: u32,
+    /// Requests counted under callgrind (`callgrind`).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
     /// Route changes for the propagation measurements (`kubernetes`, `routes`).
     #[arg(long, default_value_t = 100)]
     changes: usize,
@@ -49,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "kubernetes" => kubernetes::run(args.changes),
         "mesh" => mesh::run(&args),
         "routes" => routes::run(&args),
+        "callgrind" => callgrind::run(args.requests),
         other => bail!(
             "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent`, `mesh`, `routes` or `kubernetes`"
         ),
