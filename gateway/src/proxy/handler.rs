@@ -848,14 +848,39 @@ fn build(
     addr: SocketAddr,
     body: Body,
 ) -> Request<Body> {
-    let uri: Uri = format!("http://{addr}{path_and_query}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    let uri = backend_uri(addr, path_and_query);
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     req
+}
+
+/// `http://addr/path`: the address's authority is formatted once per thread and endpoint,
+/// not on every request.
+fn backend_uri(addr: SocketAddr, path_and_query: &str) -> Uri {
+    use std::cell::RefCell;
+    thread_local! {
+        static AUTHORITIES: RefCell<std::collections::HashMap<SocketAddr, http::uri::Authority, foldhash::fast::RandomState>> =
+            RefCell::default();
+    }
+    let authority = AUTHORITIES.with_borrow_mut(|m| {
+        if m.len() > 4096 {
+            // Endpoints come and go; a bound on what old ones hold.
+            m.clear();
+        }
+        m.entry(addr)
+            .or_insert_with(|| {
+                http::uri::Authority::try_from(addr.to_string())
+                    .expect("a socket address is an authority")
+            })
+            .clone()
+    });
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn apply_edit(h: &mut HeaderMap, e: &ir::HeaderEdit) {
