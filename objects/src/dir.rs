@@ -35,7 +35,8 @@ pub struct DirSource<C> {
     /// The next sync walks the whole tree (the first, every rescan, a directory changed).
     full: bool,
     _watcher: Option<notify::RecommendedWatcher>,
-    rescan: tokio::time::Interval,
+    /// `None` for a one-off read ([`DirSource::once`], which may run outside a runtime).
+    rescan: Option<tokio::time::Interval>,
     synced: bool,
     _kinds: PhantomData<fn() -> C>,
 }
@@ -86,7 +87,7 @@ impl<C: Catalog> DirSource<C> {
             pending: BTreeSet::new(),
             full: true,
             _watcher: watcher,
-            rescan,
+            rescan: Some(rescan),
             synced: false,
             _kinds: PhantomData,
         }
@@ -102,7 +103,7 @@ impl<C: Catalog> DirSource<C> {
             pending: BTreeSet::new(),
             full: true,
             _watcher: None,
-            rescan: tokio::time::interval(Duration::from_secs(3600)),
+            rescan: None,
             synced: false,
             _kinds: PhantomData,
         }
@@ -121,7 +122,14 @@ impl<C: Catalog> DirSource<C> {
     pub async fn changed(&mut self) {
         let (first, paths) = tokio::select! {
             Some(e) = self.events.recv() => e,
-            _ = self.rescan.tick() => {
+            _ = async {
+                match &mut self.rescan {
+                    Some(r) => {
+                        r.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
                 self.full = true;
                 return;
             }

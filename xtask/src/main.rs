@@ -9,6 +9,7 @@ mod dashboards;
 mod ebpf;
 mod example;
 mod fuzz;
+mod manifests;
 mod soak;
 mod test;
 mod util;

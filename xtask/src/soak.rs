@@ -25,7 +25,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{CertificateParams, KeyPair};
 
-use crate::util::{cargo, root};
+use crate::{
+    manifests::{free_port, gateway, service},
+    util::{cargo, root},
+};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -67,12 +70,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(soak(args))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The CA clients trust, which signs each rotated listener certificate.
 struct Ca {
     issuer: rcgen::CertifiedIssuer<'static, KeyPair>,
@@ -111,38 +108,13 @@ impl Ca {
 }
 
 fn base(http: u16, https: u16, echo: SocketAddr) -> String {
+    let listeners = format!(
+        "  - {{name: http, port: {http}, protocol: HTTP}}\n  - name: https\n    port: {https}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: soak-tls}}]}}"
+    );
     format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: cedille}}
-spec: {{controllerName: cedille.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: cedille
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners:
-  - {{name: http, port: {http}, protocol: HTTP}}
-  - name: https
-    port: {https}
-    protocol: HTTPS
-    tls: {{certificateRefs: [{{name: soak-tls}}]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: default}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: default, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-ports: [{{name: http, port: {}}}]
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-"#,
-        echo.port()
+        "{}---\n{}",
+        gateway("gw", &listeners),
+        service("echo", echo)
     )
 }
 
@@ -191,15 +163,16 @@ struct Tally {
 
 impl Tally {
     fn fail(&self, what: String) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut e = self.first_errors.lock().unwrap();
-        if e.len() < 10 {
-            e.push(what);
-        }
+        self.count(&self.failures, what);
     }
 
     fn handshake_failed(&self, what: String) {
-        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.handshake_failures, what);
+    }
+
+    /// Counts a failure, keeping the first few for the report.
+    fn count(&self, counter: &AtomicU64, what: String) {
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut e = self.first_errors.lock().unwrap();
         if e.len() < 10 {
             e.push(what);

@@ -15,7 +15,18 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::kill_group;
-use crate::util::{cargo, root};
+use crate::{
+    manifests::{gateway, service},
+    util::{cargo, root},
+};
+
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules: [{backendRefs: [{name: backend, port: 80}]}]
+";
 
 const BACKEND: u16 = 18600;
 const GATEWAY: u16 = 18601;
@@ -179,38 +190,13 @@ pub fn run(requests_n: usize) -> anyhow::Result<()> {
     std::fs::write(
         gw_dir.join("gw.yaml"),
         format!(
-            r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: cedille}}
-spec: {{controllerName: cedille.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  gatewayClassName: cedille
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {GATEWAY}, protocol: HTTP}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: bench, namespace: default}}
-spec:
-  parentRefs: [{{name: bench}}]
-  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: backend, namespace: default}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: backend, namespace: default, labels: {{kubernetes.io/service-name: backend}}}}
-addressType: IPv4
-ports: [{{name: http, port: {BACKEND}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"#
+            "{}---\n{}---\n{}",
+            gateway(
+                "bench",
+                &format!("  - {{name: http, port: {GATEWAY}, protocol: HTTP}}")
+            ),
+            ROUTE,
+            service("backend", ([127, 0, 0, 1], BACKEND).into())
         ),
     )?;
     let gw_bin = p(&root().join("target/release/cedille-gateway"));

@@ -157,24 +157,7 @@ fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
     write(
         &gw_dir.join("gw.yaml"),
         &format!(
-            r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: cedille}}
-spec: {{controllerName: cedille.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: bench, namespace: default}}
-spec:
-  gatewayClassName: cedille
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners:
-  - {{name: http, port: {h1}, protocol: HTTP}}
-  - name: https
-    port: {tls}
-    protocol: HTTPS
-    tls: {{certificateRefs: [{{name: bench-tls}}]}}
----
+            r#"{}---
 apiVersion: v1
 kind: Secret
 metadata: {{name: bench-tls, namespace: default}}
@@ -188,20 +171,16 @@ spec:
   parentRefs: [{{name: bench}}]
   rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: backend, namespace: default}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: backend, namespace: default, labels: {{kubernetes.io/service-name: backend}}}}
-addressType: IPv4
-ports: [{{name: http, port: {BACKEND}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"#,
-            h1 = gateway.h1,
-            tls = gateway.tls,
+{}"#,
+            crate::manifests::gateway(
+                "bench",
+                &format!(
+                    "  - {{name: http, port: {h1}, protocol: HTTP}}\n  - name: https\n    port: {tls}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: bench-tls}}]}}",
+                    h1 = gateway.h1,
+                    tls = gateway.tls,
+                )
+            ),
+            crate::manifests::service("backend", ([127, 0, 0, 1], BACKEND).into()),
             crt_b64 = b64(&crt)?,
             key_b64 = b64(&key)?,
         ),

@@ -21,7 +21,10 @@ use cedille_apiserver::ApiServer;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use crate::util::{cargo, root};
+use crate::{
+    manifests::free_port,
+    util::{cargo, root},
+};
 
 pub fn run(changes: usize) -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "cedille-gateway"]).run()?;
@@ -33,12 +36,6 @@ pub fn run(changes: usize) -> anyhow::Result<()> {
 
 struct Replica {
     child: tokio::process::Child,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn replica(kubeconfig: &Path, name: &str, work: &Path) -> anyhow::Result<Replica> {

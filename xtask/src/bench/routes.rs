@@ -24,32 +24,18 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use super::{Args, group_usage, kill_group, median};
-use crate::util::{cargo, root};
+use crate::{
+    manifests::{free_port, gateway, service},
+    util::{cargo, root},
+};
 
 const HOSTS: usize = 100;
 const PER_HOST: usize = 30;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn base(port: u16) -> String {
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: cedille}}
-spec: {{controllerName: cedille.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: cedille
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
-"#
+    gateway(
+        "gw",
+        &format!("  - {{name: http, port: {port}, protocol: HTTP}}"),
     )
 }
 
@@ -86,20 +72,8 @@ spec:
     - path: {{type: PathPrefix, value: /p{r:02}}}{header}{filter}
     backendRefs: [{{name: {name}, port: 80}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: http, port: {}}}]
-endpoints: [{{addresses: ["{}"]}}]
-"#,
-            backend.port(),
-            backend.ip()
+{}"#,
+            service(&name, backend)
         );
     }
     s
