@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use support::{Conn, Env, route, service};
+use support::{Conn, Env, route, route_to, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The access log, captured.
@@ -57,21 +57,6 @@ async fn silent_backend() -> SocketAddr {
     addr
 }
 
-fn rule_to(name: &str, prefix: &str, backend: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
-    backendRefs: [{{name: {backend}, port: 80}}]{extra}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_names_its_origin_in_the_metric_and_the_access_log() {
     let log = Captured::default();
@@ -98,7 +83,7 @@ async fn every_error_names_its_origin_in_the_metric_and_the_access_log() {
             format!(
                 "{}---\n{}",
                 service("closed", closed),
-                rule_to("closed", "/closed", "closed", "")
+                route_to("closed", "/closed", "closed")
             ),
         ),
         (
@@ -106,7 +91,7 @@ async fn every_error_names_its_origin_in_the_metric_and_the_access_log() {
             format!(
                 "{}---\n{}",
                 service("hangup", hang_up_backend().await),
-                rule_to("hangup", "/hangup", "hangup", "")
+                route_to("hangup", "/hangup", "hangup")
             ),
         ),
         (
@@ -114,25 +99,17 @@ async fn every_error_names_its_origin_in_the_metric_and_the_access_log() {
             format!(
                 "{}---\n{}",
                 service("silent", silent_backend().await),
-                rule_to(
-                    "silent",
-                    "/silent",
-                    "silent",
-                    "\n    timeouts: {backendRequest: 200ms}"
-                )
+                route_to("silent", "/silent", "silent") + "    timeouts: {backendRequest: 200ms}\n"
             ),
         ),
         (
             "empty.yaml",
             format!(
                 "{no_endpoints}---\n{}",
-                rule_to("empty", "/empty", "empty", "")
+                route_to("empty", "/empty", "empty")
             ),
         ),
-        (
-            "missing.yaml",
-            rule_to("missing", "/missing", "nowhere", ""),
-        ),
+        ("missing.yaml", route_to("missing", "/missing", "nowhere")),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let env = Env::start(&files, |_| {}).await;

@@ -85,6 +85,12 @@ endpoints: [{{addresses: ["{}"]}}]
 
 /// An HTTPRoute `name` on Gateway `gw` sending `prefix` to Service `echo`.
 pub fn route(name: &str, prefix: &str) -> String {
+    route_to(name, prefix, "echo")
+}
+
+/// An HTTPRoute `name` on Gateway `gw` sending `prefix` to Service `backend` (port 80). The
+/// text ends with the rule's `backendRefs` line, so more fields of that rule may follow.
+pub fn route_to(name: &str, prefix: &str, backend: &str) -> String {
     format!(
         r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -94,7 +100,7 @@ spec:
   parentRefs: [{{name: gw}}]
   rules:
   - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
-    backendRefs: [{{name: echo, port: 80}}]
+    backendRefs: [{{name: {backend}, port: 80}}]
 "#
     )
 }
