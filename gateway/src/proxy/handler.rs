@@ -46,6 +46,9 @@ pub struct ConnInfo {
 
     pub tls: bool,
     pub sni: Option<String>,
+    /// The `alt-svc` value a TCP connection's responses carry when the socket also serves
+    /// HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 impl ConnInfo {
@@ -57,6 +60,7 @@ impl ConnInfo {
             peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             tls: tls.is_some(),
             sni: tls.flatten(),
+            alt_svc: None,
         }
     }
 }
@@ -127,7 +131,7 @@ fn framing_error<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
 /// The client's request body failed while it was being forwarded (a malformed chunk, say):
 /// the client's fault, answered 400, not a backend failure.
 #[derive(Debug)]
-struct ClientBodyError(hyper::Error);
+struct ClientBodyError(BoxError);
 
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +141,7 @@ impl std::fmt::Display for ClientBodyError {
 
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
     }
 }
 
@@ -153,17 +157,30 @@ fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-pub async fn handle(
+/// A request body the handler can forward: hyper's on TCP connections, the request stream's
+/// on HTTP/3.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<T> RequestBody for T where
+    T: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+pub async fn handle<B: RequestBody>(
     shared: Arc<Shared>,
     port: Arc<PortConfig>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let metrics = shared.metrics.clone();
     // A panic while handling one request answers that request with 500 (counted, logged)
     // instead of ending the connection and every stream on it.
-    let resp = AssertUnwindSafe(traced(shared, port, conn, req))
+    let alt_svc = conn.alt_svc.clone();
+    let mut resp = AssertUnwindSafe(traced(shared, port, conn, req))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
@@ -182,6 +199,12 @@ pub async fn handle(
     if let Some(f) = resp.extensions().get::<Failure>() {
         metrics.error(*f);
     }
+    // HTTP/3 on the same port, advertised unless a filter or the backend said otherwise.
+    if let Some(v) = alt_svc
+        && !resp.headers().contains_key(header::ALT_SVC)
+    {
+        resp.headers_mut().insert(header::ALT_SVC, v);
+    }
     if head {
         // HTTP/1.1 drops a HEAD response's body by itself; HTTP/2 would send it as DATA.
         let (parts, _) = resp.into_parts();
@@ -191,11 +214,11 @@ pub async fn handle(
 }
 
 /// [`route`], in a trace span when tracing is on.
-async fn traced(
+async fn traced<B: RequestBody>(
     shared: Arc<Shared>,
     port: Arc<PortConfig>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Response<Body> {
     match shared.tracer.clone() {
         None => route(shared, port, conn, req, None).await,
@@ -224,11 +247,11 @@ async fn traced(
     }
 }
 
-async fn route(
+async fn route<B: RequestBody>(
     shared: Arc<Shared>,
     port: Arc<PortConfig>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<B>,
     span: Option<&Span>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -345,7 +368,7 @@ fn log_unmatched<B>(conn: &ConnInfo, req: &Request<B>, resp: &Response<Body>, st
     }
 }
 
-fn matches(m: &ir::Matcher, req: &Request<Incoming>, query: &[(String, String)]) -> bool {
+fn matches<B>(m: &ir::Matcher, req: &Request<B>, query: &[(String, String)]) -> bool {
     if !m.path.matches(req.uri().path()) {
         return false;
     }
@@ -411,12 +434,12 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn process(
+async fn process<B: RequestBody>(
     shared: &Arc<Shared>,
     port: &PortConfig,
     conn: &ConnInfo,
     entry: &RouteEntry,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     host: String,
     observe: Observe<'_>,
 ) -> Response<Body> {
@@ -531,7 +554,7 @@ async fn process(
             None,
             Some(
                 body.map_frame(move |f| count(&counted, f))
-                    .map_err(|e| Box::new(ClientBodyError(e)) as BoxError)
+                    .map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError)
                     .boxed(),
             ),
         )

@@ -7,6 +7,7 @@ pub(crate) mod flood;
 pub(crate) mod handler;
 mod headers;
 pub(crate) mod idle;
+pub(crate) mod quic;
 pub mod runtime;
 mod tls;
 mod tunnel;

@@ -4,7 +4,8 @@
 
 use std::{collections::BTreeMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -15,15 +16,23 @@ use tracing::{info, warn};
 use super::{
     conn::{Acceptor, Limits},
     handler::Shared,
+    quic::QuicListener,
     tls,
     upstream::Upstreams,
 };
-use crate::{ir::Snapshot, metrics::Metrics};
+use crate::{
+    ir::{Protocol, Snapshot},
+    metrics::Metrics,
+};
 
 struct Bound {
     config: Arc<ArcSwap<crate::ir::PortConfig>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The QUIC side of an HTTPS socket (HTTP/3), when on and bound.
+    quic: Option<QuicListener>,
+    /// What the TCP side advertises while `quic` is up.
+    alt_svc: Arc<ArcSwapOption<HeaderValue>>,
 }
 
 pub struct DataPlane {
@@ -34,6 +43,8 @@ pub struct DataPlane {
     drain: watch::Sender<bool>,
     ports: tokio::sync::Mutex<BTreeMap<SocketAddr, Bound>>,
     max_connections: usize,
+    /// Serve HTTP/3 on HTTPS sockets.
+    http3: bool,
 }
 
 impl DataPlane {
@@ -42,6 +53,7 @@ impl DataPlane {
         limits: Limits,
         max_connections: usize,
         tracer: Option<Arc<crate::telemetry::Tracer>>,
+        http3: bool,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -55,6 +67,7 @@ impl DataPlane {
             drain: watch::channel(false).0,
             ports: tokio::sync::Mutex::new(BTreeMap::new()),
             max_connections,
+            http3,
         }
     }
 
@@ -71,12 +84,16 @@ impl DataPlane {
             if let Some(b) = ports.remove(&addr) {
                 let _ = b.stop.send(true);
                 let _ = b.task.await;
+                if let Some(q) = b.quic {
+                    q.stop().await;
+                }
                 info!(%addr, "stopped listening");
             }
         }
         for (addr, cfg) in &snap.ports {
-            if let Some(b) = ports.get(addr) {
+            if let Some(b) = ports.get_mut(addr) {
                 b.config.store(cfg.clone());
+                self.sync_quic(*addr, b).await;
                 continue;
             }
             let listener = match bind(*addr) {
@@ -88,6 +105,7 @@ impl DataPlane {
                 }
             };
             let config = Arc::new(ArcSwap::new(cfg.clone()));
+            let alt_svc = Arc::new(ArcSwapOption::empty());
             let acceptor = Arc::new(Acceptor {
                 port: config.clone(),
                 shared: self.shared.clone(),
@@ -98,11 +116,20 @@ impl DataPlane {
                 limits: self.limits.clone(),
                 connections: self.connections.clone(),
                 drain: self.drain.subscribe(),
+                alt_svc: alt_svc.clone(),
             });
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(acceptor.run(listener, stop_rx));
             info!(%addr, protocol = ?cfg.protocol, "listening");
-            ports.insert(*addr, Bound { config, stop, task });
+            let mut bound = Bound {
+                config,
+                stop,
+                task,
+                quic: None,
+                alt_svc,
+            };
+            self.sync_quic(*addr, &mut bound).await;
+            ports.insert(*addr, bound);
         }
         self.shared.metrics.set_bound_sockets(ports.len());
         failed
@@ -113,9 +140,16 @@ impl DataPlane {
     /// whether every connection finished in time.
     pub async fn drain(&self, deadline: Duration) -> bool {
         let mut ports = self.ports.lock().await;
+        let mut quic = Vec::new();
         for (_, b) in std::mem::take(&mut *ports) {
             let _ = b.stop.send(true);
             let _ = b.task.await;
+            quic.extend(b.quic);
+        }
+        // QUIC connections see the drain signal below and send GOAWAY themselves; the
+        // listeners only stop accepting.
+        for q in quic {
+            q.stop_accepting();
         }
         if self.drain.send_replace(true) {
             return true;
@@ -127,6 +161,44 @@ impl DataPlane {
         tokio::time::timeout(deadline, self.connections.acquire_many(all))
             .await
             .is_ok()
+    }
+}
+
+impl DataPlane {
+    /// Gives an HTTPS socket its QUIC side (HTTP/3) or takes it away, as the socket's
+    /// protocol and `--http3` want; keeps the QUIC TLS configuration current.
+    async fn sync_quic(&self, addr: SocketAddr, b: &mut Bound) {
+        let wanted = self.http3 && b.config.load().protocol == Protocol::Https;
+        match (&b.quic, wanted) {
+            (Some(q), true) => q.refresh(),
+            (None, false) => {}
+            (Some(_), false) => {
+                b.alt_svc.store(None);
+                if let Some(q) = b.quic.take() {
+                    q.stop().await;
+                }
+                info!(%addr, "stopped serving HTTP/3");
+            }
+            (None, true) => match QuicListener::bind(
+                addr,
+                b.config.clone(),
+                self.shared.clone(),
+                self.limits.clone(),
+                self.connections.clone(),
+                self.drain.subscribe(),
+            ) {
+                Ok(q) => {
+                    let v = format!("h3=\":{}\"; ma=86400", addr.port());
+                    b.alt_svc
+                        .store(HeaderValue::from_str(&v).ok().map(Arc::new));
+                    b.quic = Some(q);
+                    info!(%addr, "serving HTTP/3 (QUIC over UDP)");
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot serve HTTP/3 on this address (UDP); HTTPS over TCP goes on, without alt-svc")
+                }
+            },
+        }
     }
 }
 

@@ -97,17 +97,46 @@ impl ClientCertVerifier for Lenient {
     }
 }
 
-/// A server configuration for one socket: TLS 1.2 and 1.3 with aws-lc-rs, ALPN h2 then
+/// A server configuration for one TCP socket: TLS 1.2 and 1.3 with aws-lc-rs, ALPN h2 then
 /// http/1.1, certificates chosen per handshake from `port`, and the port's client
 /// certificate validation if it has one.
 pub fn server_config(
     port: Arc<ArcSwap<PortConfig>>,
     client_auth: Option<&ClientAuth>,
 ) -> Arc<ServerConfig> {
+    build(
+        port,
+        client_auth,
+        rustls::DEFAULT_VERSIONS,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    )
+}
+
+/// The same for the socket's QUIC side: TLS 1.3 only (QUIC has no other), ALPN h3, the same
+/// certificates and client certificate validation. No early data (0-RTT), whose requests
+/// could be replayed: rustls's `max_early_data_size` stays 0.
+pub fn quic_server_config(
+    port: Arc<ArcSwap<PortConfig>>,
+    client_auth: Option<&ClientAuth>,
+) -> Arc<ServerConfig> {
+    build(
+        port,
+        client_auth,
+        &[&rustls::version::TLS13],
+        vec![b"h3".to_vec()],
+    )
+}
+
+fn build(
+    port: Arc<ArcSwap<PortConfig>>,
+    client_auth: Option<&ClientAuth>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default protocol versions");
+        .with_protocol_versions(versions)
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3");
     let verifier: Option<Arc<dyn ClientCertVerifier>> = client_auth.and_then(|a| {
         let b = WebPkiClientVerifier::builder_with_provider(a.roots.clone(), provider);
         let built = if a.required { b.build() } else { b.allow_unauthenticated().build() };
@@ -133,6 +162,6 @@ pub fn server_config(
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(RefuseAll)),
     };
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn;
     Arc::new(cfg)
 }

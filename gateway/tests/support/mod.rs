@@ -141,6 +141,7 @@ impl Env {
             max_connections: 1000,
             limits: Limits::default(),
             rescan_interval: Duration::from_millis(200),
+            http3: true,
         };
         tweak(&mut settings);
         env.gateway = Some(app::start(settings).await.unwrap());

@@ -80,7 +80,20 @@ pub async fn presented(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>
     handshake(addr, name).await.map(|(_, der)| der)
 }
 
+/// A TLS Secret `name` with a new self-signed certificate for `host`, and the certificate
+/// (DER).
 pub fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
+    let (yaml, cert) = secret_and_cert(name, host);
+    (yaml, cert.der().to_vec())
+}
+
+/// [`tls_secret`], with the certificate as PEM (a CA file for clients that verify it).
+pub fn tls_secret_pem(name: &str, host: &str) -> (String, String) {
+    let (yaml, cert) = secret_and_cert(name, host);
+    (yaml, cert.pem())
+}
+
+fn secret_and_cert(name: &str, host: &str) -> (String, rcgen::Certificate) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
         .unwrap()
@@ -92,7 +105,7 @@ pub fn tls_secret(name: &str, host: &str) -> (String, Vec<u8>) {
         b64(cert.pem()),
         b64(key.serialize_pem())
     );
-    (yaml, cert.der().to_vec())
+    (yaml, cert)
 }
 
 /// An open HTTP/1.1-over-TLS connection and the certificate its handshake got.
