@@ -122,13 +122,14 @@ else
   log "prometheus present"
 fi
 
-# Benchmark tools, only with --bench: nginx and HAProxy (the gateway's comparison), h2load
-# and oha (load generators), iptables (the agent's comparison path). The nginx and HAProxy
-# system services are stopped: they would hold ports 80/443, which the conformance replay
+# Benchmark tools, only with --bench: nginx and HAProxy (the gateway's comparison), Caddy
+# (the HTTP/3 comparison, the one packaged HTTP/3 server), h2load and oha (load generators),
+# iptables (the agent's comparison path). The nginx, HAProxy and Caddy system services are
+# stopped: they would hold ports 80/443, which the conformance replay
 # binds on loopback addresses.
 if [ "${1:-}" = "--bench" ]; then
   bench_missing=()
-  for p in nginx-light haproxy nghttp2-client iptables; do
+  for p in nginx-light haproxy caddy nghttp2-client iptables; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
       bench_missing+=("$p")
     fi
@@ -138,7 +139,7 @@ if [ "${1:-}" = "--bench" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${bench_missing[@]}"
   fi
-  for svc in nginx haproxy; do
+  for svc in nginx haproxy caddy; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
   if ! command -v oha >/dev/null 2>&1; then

@@ -15,6 +15,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -335,7 +336,8 @@ async fn request(ctx: Arc<Ctx>, info: Arc<ConnInfo>, resolver: Resolver, activit
         return;
     }
     let (mut send, recv) = stream.split();
-    let req = req.map(|()| RecvBody::new(recv));
+    let body = RecvBody::new(recv, req.headers());
+    let req = req.map(|()| body);
     let resp = handle(ctx.shared.clone(), ctx.port.load_full(), info.clone(), req).await;
     if let Err(e) = respond(&mut send, resp).await {
         debug!(peer = %info.peer, error = %e, "HTTP/3 response not delivered");
@@ -400,24 +402,39 @@ async fn respond(
     Ok(())
 }
 
+/// Unread request body the gateway still reads (and drops) after the response is done, so
+/// that the stream ends cleanly, and for how long.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// A request's body as it arrives on its HTTP/3 stream: DATA frames, then trailers.
 struct RecvBody {
-    stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    /// Taken only when dropped.
+    stream: Option<h3::server::RequestStream<h3_quinn::RecvStream, Bytes>>,
     /// 0: DATA frames; 1: trailers; 2: ended.
     stage: u8,
     /// A frame read while looking whether the body is empty.
     first: Option<Frame<Bytes>>,
+    /// The request's `content-length`, so that the body goes upstream with that length.
+    length: Option<u64>,
 }
 
 impl RecvBody {
     /// Looks, without waiting, whether the stream already ended with its headers (a GET
     /// usually does): such a body is empty from the start, so that it goes upstream as no
     /// body at all rather than as a chunked one.
-    fn new(stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>) -> Self {
+    fn new(
+        stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+        headers: &HeaderMap,
+    ) -> Self {
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         let mut body = Self {
-            stream,
+            stream: Some(stream),
             stage: 0,
             first: None,
+            length,
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match hyper::body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
@@ -431,11 +448,37 @@ impl RecvBody {
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
-        // The response is done with the request body unread (RFC 9114 4.1: STOP_SENDING
-        // with H3_NO_ERROR, not the transport's bare 0, which clients take for an error).
-        if self.stage != 2 {
-            self.stream.stop_sending(Code::H3_NO_ERROR);
+        if self.stage == 2 {
+            return;
         }
+        // The request body is not read to its end (a GET whose end came in a packet of its
+        // own, or a response that did not need the body). Dropping the stream would make
+        // quinn send STOP_SENDING with code 0, which clients take for an error; and
+        // h3-quinn 0.0.10 panics on an explicit STOP_SENDING while a read is pending. So a
+        // little more is read, in the background, to the end of the stream; past that
+        // bound the client is told to stop.
+        let (Some(mut stream), Ok(rt)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut read = 0;
+            let drained = tokio::time::timeout(DRAIN_TIME, async {
+                while let Ok(Some(b)) = stream.recv_data().await {
+                    read += b.remaining();
+                    if read > DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            if drained == Ok(false) {
+                // No read is pending here: the last one returned.
+                stream.stop_sending(Code::H3_NO_ERROR);
+            }
+        });
     }
 }
 
@@ -444,34 +487,45 @@ impl hyper::body::Body for RecvBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.first.take() {
+        let this = self.get_mut();
+        if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
-        if self.stage == 0 {
-            match std::task::ready!(self.stream.poll_recv_data(cx)) {
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if this.stage == 0 {
+            match std::task::ready!(stream.poll_recv_data(cx)) {
                 Ok(Some(mut buf)) => {
                     let bytes = buf.copy_to_bytes(buf.remaining());
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Ok(None) => self.stage = 1,
+                Ok(None) => this.stage = 1,
                 Err(e) => {
-                    self.stage = 2;
+                    this.stage = 2;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
         }
-        if self.stage == 2 {
+        if this.stage == 2 {
             return Poll::Ready(None);
         }
-        let polled = std::task::ready!(self.stream.poll_recv_trailers(cx));
-        self.stage = 2;
+        let polled = std::task::ready!(stream.poll_recv_trailers(cx));
+        this.stage = 2;
         match polled {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (self.length, &self.first) {
+            (Some(n), None) if self.stage == 0 => hyper::body::SizeHint::with_exact(n),
+            _ => hyper::body::SizeHint::default(),
         }
     }
 

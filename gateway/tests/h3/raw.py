@@ -2,7 +2,8 @@
 aioquic, an HTTP/3 implementation independent of the gateway's, and reports what the server
 did with each stream.
 
-Usage: raw.py HOST PORT SNI < JSON list of requests, each a list of [name, value] pairs.
+Usage: raw.py HOST PORT SNI < JSON list of requests, each a list of [name, value] pairs, or
+{"headers": [...], "end": false} for a request whose stream stays open after its headers.
 Prints a JSON list: {"status": N} when the server answered, {"reset": code} when it reset the
 stream, {"stop_sending": code} when it only asked the client to stop sending, or
 {"error": ...}. All requests go over one connection, one after the other, so a request after
@@ -50,14 +51,17 @@ class Client(QuicConnectionProtocol):
                 status = dict(h3_event.headers).get(b":status", b"0")
                 self.settle(h3_event.stream_id, {"status": int(status)})
 
-    async def send(self, headers):
+    async def send(self, request):
+        headers, end = request, True
+        if isinstance(request, dict):
+            headers, end = request["headers"], request.get("end", True)
         stream_id = self._quic.get_next_available_stream_id()
         fut = asyncio.get_event_loop().create_future()
         self.waiting[stream_id] = fut
         self.h3.send_headers(
             stream_id,
             [(k.encode(), v.encode()) for k, v in headers],
-            end_stream=True,
+            end_stream=end,
         )
         self.transmit()
         try:

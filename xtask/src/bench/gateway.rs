@@ -21,8 +21,8 @@ use anyhow::{Context, bail};
 use super::{Args, group_usage, kill_group, median, pin_self, spawn_pinned, wait_port};
 use crate::util::{cargo, root};
 
-const BACKEND: u16 = 18000;
-const SERVER_NAME: &str = "bench.local";
+pub(super) const BACKEND: u16 = 18000;
+pub(super) const SERVER_NAME: &str = "bench.local";
 
 /// The ports one proxy listens on.
 #[derive(Clone, Copy)]
@@ -48,13 +48,13 @@ impl Drop for Proxy {
     }
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(super) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A CA and a server certificate for `SERVER_NAME` it signed (ECDSA P-256), written to
 /// `work`; returns the CA's DER for the handshake client.
-fn make_certs(work: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn make_certs(work: &Path) -> anyhow::Result<Vec<u8>> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -71,16 +71,19 @@ fn make_certs(work: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(ca.der().to_vec())
 }
 
-fn path(p: &Path) -> anyhow::Result<&str> {
+pub(super) fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
 
-fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
+const NGINX_COMMON: &str =
+    "daemon off; master_process on; worker_processes 1; error_log stderr crit;";
+
+/// The backend every proxy forwards to: an nginx on CPU 1 answering a small body.
+pub(super) fn start_backend(work: &Path) -> anyhow::Result<Child> {
     // Each nginx needs a pid file of its own: nginx deletes it on exit (pointing it at
     // /dev/null would delete /dev/null).
-    let nginx_common = "daemon off; master_process on; worker_processes 1; error_log stderr crit;";
+    let nginx_common = NGINX_COMMON;
     let pid_backend = format!("pid {};", work.join("backend.pid").display());
-    let pid_proxy = format!("pid {};", work.join("proxy.pid").display());
     let backend_conf = work.join("backend.conf");
     write(
         &backend_conf,
@@ -95,7 +98,13 @@ fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
         &[],
     )?;
     wait_port(BACKEND)?;
+    Ok(backend)
+}
 
+fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
+    let nginx_common = NGINX_COMMON;
+    let pid_proxy = format!("pid {};", work.join("proxy.pid").display());
+    let backend = start_backend(work)?;
     let (crt, key, pem) = (
         work.join("server.crt"),
         work.join("server.key"),

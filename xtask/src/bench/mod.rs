@@ -6,6 +6,7 @@
 pub(crate) mod agent;
 mod callgrind;
 mod gateway;
+mod http3;
 mod kubernetes;
 mod mesh;
 mod routes;
@@ -20,7 +21,7 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to benchmark: `gateway`, `agent`, `mesh`, `routes`, `callgrind` or `kubernetes`.
+    /// What to benchmark: `gateway` (HTTP/3 included), `http3` (only that part), `agent`, `mesh`, `routes`, `callgrind` or `kubernetes`.
     target: String,
     /// Interleaved rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
@@ -48,14 +49,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.target.as_str() {
-        "gateway" => gateway::run(&args),
+        "gateway" => gateway::run(&args).and_then(|()| http3::run(&args)),
+        "http3" => http3::run(&args),
         "agent" => agent::run(&args),
         "kubernetes" => kubernetes::run(args.changes),
         "mesh" => mesh::run(&args),
         "routes" => routes::run(&args),
         "callgrind" => callgrind::run(args.requests),
         other => bail!(
-            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `agent`, `mesh`, `routes` or `kubernetes`"
+            "unknown benchmark {other:?}: try `cargo xtask bench gateway`, `http3`, `agent`, `mesh`, `routes` or `kubernetes`"
         ),
     }
 }

@@ -11,6 +11,9 @@ pub struct Generated {
     pub secrets: Vec<Value>,
     /// The certificate HTTPS listeners serve, which the test client pins.
     pub listener_cert_der: Vec<u8>,
+    /// The same certificate and its key (PEM), for the listeners the HTTP/3 pass serves
+    /// over TLS.
+    pub listener_cert_pem: (String, String),
     /// Client certificates (DER certificate, PKCS#8 key) by the name of their Secret.
     pub client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
     /// What the TLS echo backends serve: a leaf for abc.example.com and other.example.com
@@ -121,7 +124,7 @@ fn ca_and_client() -> anyhow::Result<CaAndClient> {
     ))
 }
 
-fn secret(ns: &str, name: &str, cert_pem: &str, key_pem: &str) -> Value {
+pub fn secret(ns: &str, name: &str, cert_pem: &str, key_pem: &str) -> Value {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -194,6 +197,7 @@ pub fn generate() -> anyhow::Result<Generated> {
             config_map(infra, "mismatch-ca-certificate", &ca_mismatch),
         ],
         listener_cert_der: der,
+        listener_cert_pem: (crt.clone(), key.clone()),
         client_certs,
         backend_tls: backend.server,
         backend_tls_client_auth: backend.server_with_client_auth,

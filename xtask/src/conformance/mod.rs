@@ -5,8 +5,10 @@
 //! for each test (so the run also exercises live reloads). Echo "pods" run in this process,
 //! each on its own loopback address, and every Gateway gets its own loopback address too.
 //! For each test: apply base + test manifests, wait until the status expectations hold
-//! (expectations.yaml), then replay the test's cases over HTTP/1.1 and again over HTTP/2,
-//! each until it passes three times in a row.
+//! (expectations.yaml), then replay the test's cases over HTTP/1.1, HTTP/2 and HTTP/3, each
+//! until it passes three times in a row. HTTP/3 is TLS only: for its pass, the test's HTTP
+//! listeners serve HTTPS (see [`plan::served_over_tls`]), then the test's own objects return
+//! and their status must hold again.
 
 mod certs;
 mod client;
@@ -28,7 +30,7 @@ use cedille_apiserver::ApiServer;
 use serde_json::Value;
 
 use crate::util::{cargo, in_ci, is_root, root};
-use client::Req;
+use client::{Proto, Req};
 use data::{Suite, TestInfo};
 use world::World;
 
@@ -144,6 +146,7 @@ impl Gateway {
             addr: self.admin,
             sni: None,
             h2: false,
+            h3: false,
             client_cert: None,
         };
         let r = Req {
@@ -215,6 +218,8 @@ pub(crate) struct Ctx {
     gateway: Gateway,
     world: World,
     pinned: Vec<u8>,
+    /// The pinned certificate and key (PEM), served by listeners converted for HTTP/3.
+    listener_cert_pem: (String, String),
     client_certs: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
     /// The client certificate a backend must see in GatewayTLSBackendClientCertificate.
     backend_client_pem: String,
@@ -268,6 +273,7 @@ async fn replay(args: Args) -> anyhow::Result<()> {
         gateway,
         world,
         pinned: generated.listener_cert_der,
+        listener_cert_pem: generated.listener_cert_pem,
         client_certs: generated.client_certs,
         backend_client_pem,
         verbose: args.verbose,
@@ -334,7 +340,7 @@ fn summarize(
     let (ep, et) = count("extended");
     println!();
     println!(
-        "conformance (GATEWAY-HTTP, each test over HTTP/1.1 and HTTP/2{}): core {cp}/{ct} passed, extended {ep}/{et} passed",
+        "conformance (GATEWAY-HTTP, each test over HTTP/1.1, HTTP/2 and HTTP/3{}): core {cp}/{ct} passed, extended {ep}/{et} passed",
         if kubernetes { ", Kubernetes mode" } else { "" }
     );
     if let Some(min) = min_extended {
@@ -371,16 +377,17 @@ async fn run_test(ctx: &mut Ctx, suite: &Suite, t: &TestInfo) -> anyhow::Result<
             return Ok(out);
         }
     };
-    for h2 in [false, true] {
+    for proto in [Proto::H1, Proto::H2] {
         for c in plan.initial.iter() {
-            if let Err(e) = plan::run_case(ctx, c, h2).await {
-                out.failures.push(format!(
-                    "{} case {}: {e}",
-                    if h2 { "HTTP/2" } else { "HTTP/1.1" },
-                    c.label
-                ));
+            if let Err(e) = plan::run_case(ctx, c, proto).await {
+                out.failures
+                    .push(format!("{} case {}: {e}", proto.name(), c.label));
             }
         }
+    }
+    if let Err(f) = h3_pass(ctx, &docs, &exp, &plan.initial).await {
+        out.failures.extend(f);
+        return Ok(out);
     }
     for (i, step) in exp
         .get("steps")
@@ -398,16 +405,68 @@ async fn run_test(ctx: &mut Ctx, suite: &Suite, t: &TestInfo) -> anyhow::Result<
                 .extend(f.into_iter().map(|f| format!("after step {}: {f}", i + 1)));
             return Ok(out);
         }
-        for c in plan.after_step.get(&i).into_iter().flatten() {
-            for h2 in [false, true] {
-                if let Err(e) = plan::run_case(ctx, c, h2).await {
-                    out.failures
-                        .push(format!("after step {} case {}: {e}", i + 1, c.label));
+        let cases: &[plan::Planned] = plan.after_step.get(&i).map_or(&[], Vec::as_slice);
+        for c in cases {
+            for proto in [Proto::H1, Proto::H2] {
+                if let Err(e) = plan::run_case(ctx, c, proto).await {
+                    out.failures.push(format!(
+                        "after step {} case {} ({}): {e}",
+                        i + 1,
+                        c.label,
+                        proto.name()
+                    ));
                 }
             }
         }
+        if let Err(f) = h3_pass(ctx, &docs, &then, cases).await {
+            out.failures
+                .extend(f.into_iter().map(|f| format!("after step {}: {f}", i + 1)));
+            return Ok(out);
+        }
     }
     Ok(out)
+}
+
+/// The same cases over HTTP/3. HTTP/3 needs TLS: where the test's listeners are HTTP, they
+/// are served as HTTPS for this pass (same names, ports and hostnames, so the same routes
+/// attach; the certificate the client pins), then the test's own objects come back and
+/// its status expectations must hold again before it goes on.
+async fn h3_pass(
+    ctx: &mut Ctx,
+    docs: &[Value],
+    exp: &Value,
+    cases: &[plan::Planned],
+) -> Result<(), Vec<String>> {
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let converted = plan::served_over_tls(docs, &ctx.listener_cert_pem);
+    if let Some(tls_docs) = &converted {
+        ctx.world
+            .apply(tls_docs)
+            .await
+            .map_err(|e| vec![format!("HTTP/3 pass: {e:#}")])?;
+    }
+    let mut failures = Vec::new();
+    for c in cases {
+        if let Err(e) = plan::run_case(ctx, c, Proto::H3).await {
+            failures.push(format!("HTTP/3 case {}: {e}", c.label));
+        }
+    }
+    if converted.is_some() {
+        ctx.world
+            .apply(docs)
+            .await
+            .map_err(|e| vec![format!("after the HTTP/3 pass: {e:#}")])?;
+        if let Err(f) = wait_status(ctx, exp, docs).await {
+            failures.extend(f.into_iter().map(|f| format!("after the HTTP/3 pass: {f}")));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
 }
 
 /// Polls `/status` until `exp` holds, or returns what still does not.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     CASE_TIMEOUT, Ctx,
-    client::{self, Req, Target},
+    client::{self, Proto, Req, Target},
     data::{Suite, TestInfo},
     world::World,
 };
@@ -264,16 +264,33 @@ pub fn plan(
 
 /// Sends a planned case until it passes three times in a row (a new connection each time),
 /// then runs the checks the case implies.
-pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
+pub async fn run_case(ctx: &Ctx, c: &Planned, proto: Proto) -> Result<(), String> {
     if c.after.get("websocket").is_some() {
-        // WebSocket is an HTTP/1.1 upgrade; there is no HTTP/2 variant to run.
-        return if h2 { Ok(()) } else { websocket(c).await };
+        // WebSocket is an HTTP/1.1 upgrade; there is no HTTP/2 or HTTP/3 variant to run.
+        return if proto == Proto::H1 {
+            websocket(c).await
+        } else {
+            Ok(())
+        };
     }
-    let h2 = h2 || c.h2_only;
+    let h3 = proto == Proto::H3;
+    // HTTP/3 is always TLS: on a listener that was HTTP in the test (and serves HTTPS for
+    // this pass), the client names the request's host.
+    let converted = (h3 && c.sni.is_none()).then_some(c.addr.port());
+    let sni = c.sni.clone().or_else(|| {
+        converted.map(|_| {
+            let host = &c.req.host;
+            host.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host.as_str(), |(h, _)| h)
+                .to_owned()
+        })
+    });
     let target = Target {
         addr: c.addr,
-        sni: c.sni.clone(),
-        h2,
+        sni,
+        h2: !h3 && (proto == Proto::H2 || c.h2_only),
+        h3,
         client_cert: c
             .client_cert
             .as_ref()
@@ -289,7 +306,11 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
             Err(_) => Ok(()),
         };
     }
-    let scheme = if c.sni.is_some() { "https" } else { "http" };
+    let scheme = if target.sni.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let deadline = Instant::now() + CASE_TIMEOUT;
     let mut streak = 0;
     let mut last = String::new();
@@ -309,13 +330,27 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, h2: bool) -> Result<(), String> {
             Ok(resp) if target.client_cert.is_some() && !resp.client_cert_requested => {
                 last = "the gateway did not ask for a client certificate".into();
             }
-            Ok(resp) => match client::compare(&c.case, &req, scheme, &resp) {
+            Ok(resp) => match client::compare(&c.case, &req, scheme, &resp, converted) {
                 Ok(()) => {
                     streak += 1;
                     continue;
                 }
                 Err(e) => last = e,
             },
+            // Over TLS, a host name no listener serves is refused in the handshake (no
+            // certificate is chosen for it), where cleartext HTTP answers 404: on a listener
+            // converted for HTTP/3, that refusal is the case's 404.
+            Err(e)
+                if converted.is_some()
+                    && c.case
+                        .pointer("/Response/StatusCode")
+                        .and_then(Value::as_u64)
+                        == Some(404)
+                    && e.contains("no server certificate chain resolved") =>
+            {
+                streak += 1;
+                continue;
+            }
             Err(e) => last = e,
         }
         streak = 0;
@@ -669,4 +704,64 @@ pub fn apply_step(
         },
     }
     Ok(docs)
+}
+
+/// For the HTTP/3 pass: `docs` with every HTTP listener of every Gateway and ListenerSet
+/// served as HTTPS instead (same name, port and hostname, so the same routes attach), with
+/// the pinned certificate `cert` (PEM certificate and key) from a Secret added in each such
+/// owner's namespace. Client certificate rules (`spec.tls.frontend`) stay with the ports
+/// that were HTTPS: a converted port gets a `perPort` entry without validation. `None` when
+/// no listener is HTTP.
+pub fn served_over_tls(docs: &[Value], cert: &(String, String)) -> Option<Vec<Value>> {
+    const SECRET: &str = "cedille-h3-certificate";
+    let mut out = docs.to_vec();
+    let mut namespaces = std::collections::BTreeSet::new();
+    for d in &mut out {
+        let kind = str_of(d, "/kind").unwrap_or("");
+        if !matches!(kind, "Gateway" | "ListenerSet" | "XListenerSet") {
+            continue;
+        }
+        let ns = str_of(d, "/metadata/namespace")
+            .unwrap_or("default")
+            .to_owned();
+        let Some(listeners) = d
+            .pointer_mut("/spec/listeners")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        let mut ports = std::collections::BTreeSet::new();
+        for l in listeners {
+            if l.get("protocol").and_then(Value::as_str) == Some("HTTP") {
+                l["protocol"] = json!("HTTPS");
+                l["tls"] = json!({"mode": "Terminate", "certificateRefs": [{"name": SECRET}]});
+                namespaces.insert(ns.clone());
+                ports.extend(l.get("port").and_then(Value::as_u64));
+            }
+        }
+        if let Some(frontend) = d
+            .pointer_mut("/spec/tls/frontend")
+            .and_then(Value::as_object_mut)
+        {
+            let mut per_port: Vec<Value> = frontend
+                .get("perPort")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| !p["port"].as_u64().is_some_and(|n| ports.contains(&n)))
+                .cloned()
+                .collect();
+            per_port.extend(ports.iter().map(|p| json!({"port": p, "tls": {}})));
+            frontend.insert("perPort".into(), Value::Array(per_port));
+        }
+    }
+    if namespaces.is_empty() {
+        return None;
+    }
+    out.extend(
+        namespaces
+            .iter()
+            .map(|ns| super::certs::secret(ns, SECRET, &cert.0, &cert.1)),
+    );
+    Some(out)
 }
