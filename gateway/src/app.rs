@@ -186,7 +186,8 @@ async fn control_loop(
         // The first translation waits for every initial list: a partial store would serve
         // (and, as leader, write) wrong status.
         let can_translate = !first || source.synced();
-        if can_translate && (changed || first || !env.unusable.is_empty()) {
+        let retry_binds = !env.unusable.is_empty() || dataplane.quic_pending();
+        if can_translate && (changed || first || retry_binds) {
             let now = rfc3339(std::time::SystemTime::now());
             let mut out =
                 translate::translate_with(&mut cache, &store, prev.as_deref(), &now, &env);

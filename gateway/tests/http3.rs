@@ -529,6 +529,39 @@ async fn certificate_rotation_and_listener_removal_reach_quic() {
         old[0]
     );
 
+    // The listeners go and come back while an HTTP/3 request is in flight: the request
+    // finishes on the old socket (GOAWAY, then drained), which holds the UDP port a while;
+    // the new QUIC side binds once it is free.
+    let https = https_base(port, env.echo_addr, &secrets, "");
+    let in_flight = tokio::spawn(curl(vec![req(
+        port,
+        "a.example.com",
+        "/linger?delay=1500ms",
+        &rotated,
+        "3",
+    )]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    env.write("base.yaml", &support::base(port, env.echo_addr));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    env.write("base.yaml", &https);
+    let again = {
+        let mut r = req(port, "a.example.com", "/again", &rotated, "3");
+        r["fresh"] = json!(true);
+        r
+    };
+    eventually(Duration::from_secs(10), || {
+        let r = again.clone();
+        async move { curl(vec![r]).await[0]["status"] == 200 }
+    })
+    .await
+    .expect("HTTP/3 serves again once the old socket let go of the port");
+    let in_flight = in_flight.await.unwrap();
+    assert_eq!(
+        in_flight[0]["status"], 200,
+        "the request in flight when its listener went finished: {}",
+        in_flight[0]
+    );
+
     // Without HTTPS listeners on the port, its UDP socket closes.
     env.write("base.yaml", &support::base(port, env.echo_addr));
     eventually(Duration::from_secs(10), || async move {

@@ -340,6 +340,8 @@ async fn request(ctx: Arc<Ctx>, info: Arc<ConnInfo>, resolver: Resolver, activit
     let req = req.map(|()| body);
     let resp = handle(ctx.shared.clone(), ctx.port.load_full(), info.clone(), req).await;
     if let Err(e) = respond(&mut send, resp).await {
+        // Whatever part of the response went out must not pass for all of it.
+        send.stop_stream(Code::H3_INTERNAL_ERROR);
         debug!(peer = %info.peer, error = %e, "HTTP/3 response not delivered");
     }
     activity.touch();

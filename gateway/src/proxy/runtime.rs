@@ -11,7 +11,7 @@ use tokio::{
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     conn::{Acceptor, Limits},
@@ -33,6 +33,8 @@ struct Bound {
     quic: Option<QuicListener>,
     /// What the TCP side advertises while `quic` is up.
     alt_svc: Arc<ArcSwapOption<HeaderValue>>,
+    /// The QUIC side is wanted but its UDP socket could not be bound (logged once).
+    quic_failed: bool,
 }
 
 pub struct DataPlane {
@@ -45,6 +47,8 @@ pub struct DataPlane {
     max_connections: usize,
     /// Serve HTTP/3 on HTTPS sockets.
     http3: bool,
+    /// Some HTTPS socket's QUIC side could not be bound: [`Self::apply`] tries again.
+    quic_pending: std::sync::atomic::AtomicBool,
 }
 
 impl DataPlane {
@@ -68,6 +72,7 @@ impl DataPlane {
             ports: tokio::sync::Mutex::new(BTreeMap::new()),
             max_connections,
             http3,
+            quic_pending: false.into(),
         }
     }
 
@@ -127,12 +132,23 @@ impl DataPlane {
                 task,
                 quic: None,
                 alt_svc,
+                quic_failed: false,
             };
             self.sync_quic(*addr, &mut bound).await;
             ports.insert(*addr, bound);
         }
         self.shared.metrics.set_bound_sockets(ports.len());
+        let pending = ports.values().any(|b| b.quic_failed);
+        self.quic_pending
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
         failed
+    }
+
+    /// Whether an HTTPS socket still lacks its QUIC side because UDP could not be bound
+    /// (a socket of a listener just removed may linger while its connections finish):
+    /// calling [`Self::apply`] again retries.
+    pub fn quic_pending(&self) -> bool {
+        self.quic_pending.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1
@@ -169,6 +185,9 @@ impl DataPlane {
     /// protocol and `--http3` want; keeps the QUIC TLS configuration current.
     async fn sync_quic(&self, addr: SocketAddr, b: &mut Bound) {
         let wanted = self.http3 && b.config.load().protocol == Protocol::Https;
+        if !wanted {
+            b.quic_failed = false;
+        }
         match (&b.quic, wanted) {
             (Some(q), true) => q.refresh(),
             (None, false) => {}
@@ -192,11 +211,14 @@ impl DataPlane {
                     b.alt_svc
                         .store(HeaderValue::from_str(&v).ok().map(Arc::new));
                     b.quic = Some(q);
+                    b.quic_failed = false;
                     info!(%addr, "serving HTTP/3 (QUIC over UDP)");
                 }
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot serve HTTP/3 on this address (UDP); HTTPS over TCP goes on, without alt-svc")
+                Err(e) if !b.quic_failed => {
+                    b.quic_failed = true;
+                    warn!(%addr, error = %e, "cannot serve HTTP/3 on this address (UDP); HTTPS over TCP goes on, without alt-svc; retrying");
                 }
+                Err(e) => debug!(%addr, error = %e, "HTTP/3 still cannot bind UDP"),
             },
         }
     }
