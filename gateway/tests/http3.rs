@@ -385,6 +385,14 @@ async fn malformed_http3_requests_are_stream_errors() {
         // gateway no longer needs is drained without upsetting anything.
         json!({"headers": headers(&good), "end": false}),
         headers(&good),
+        with(&[(":path", "/elsewhere")]),
+        with(&[(":method", "POST")]),
+        headers(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/"),
+            ("host", "a.example.com"),
+        ]),
     ]);
     let out = raw(env.addr(), "a.example.com", cases).await;
     assert_eq!(out[0]["status"], 200, "{out:?}");
@@ -413,6 +421,18 @@ async fn malformed_http3_requests_are_stream_errors() {
     );
     assert_eq!(out[8]["status"], 200, "a request still open: {}", out[8]);
     assert_eq!(out[9]["status"], 200, "{}", out[9]);
+    for (i, what) in [(10, ":path twice"), (11, ":method twice")] {
+        assert_eq!(
+            out[i]["reset"], H3_MESSAGE_ERROR,
+            "{what}: a stream error H3_MESSAGE_ERROR, got {}",
+            out[i]
+        );
+    }
+    assert_eq!(
+        out[12]["status"], 200,
+        "host instead of :authority: {}",
+        out[12]
+    );
 }
 
 /// A CA, and a client certificate it signed: (ConfigMap with the CA, client cert PEM, key PEM).

@@ -8,6 +8,7 @@ pub(crate) mod handler;
 mod headers;
 pub(crate) mod idle;
 pub(crate) mod quic;
+mod quic_fields;
 pub mod runtime;
 mod tls;
 mod tunnel;

@@ -36,6 +36,7 @@ use super::{
     conn::Limits,
     handler::{ConnInfo, Shared, handle},
     idle::Activity,
+    quic_fields::{self, FieldCounts},
 };
 use crate::ir::{ClientAuth, PortConfig};
 
@@ -257,9 +258,12 @@ async fn serve(
         .and_then(|d| d.server_name)
         .map(|s| s.to_ascii_lowercase());
     let info = Arc::new(ConnInfo::new(peer, Some(sni)));
+    let counts = Arc::new(FieldCounts::default());
+    let inspected =
+        quic_fields::Connection::new(conn, counts.clone(), ctx.limits.max_header_bytes + 1024);
     let mut h3 = match h3::server::builder()
         .max_field_section_size(ctx.limits.max_header_bytes as u64)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .build::<_, Bytes>(inspected)
         .await
     {
         Ok(h) => h,
@@ -278,7 +282,13 @@ async fn serve(
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     activity.touch();
-                    requests.spawn(request(ctx.clone(), info.clone(), resolver, activity.clone()));
+                    requests.spawn(request(
+                        ctx.clone(),
+                        info.clone(),
+                        resolver,
+                        activity.clone(),
+                        counts.clone(),
+                    ));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -306,9 +316,15 @@ async fn serve(
     while requests.join_next().await.is_some() {}
 }
 
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<quic_fields::Connection, Bytes>;
 
-async fn request(ctx: Arc<Ctx>, info: Arc<ConnInfo>, resolver: Resolver, activity: Arc<Activity>) {
+async fn request(
+    ctx: Arc<Ctx>,
+    info: Arc<ConnInfo>,
+    resolver: Resolver,
+    activity: Arc<Activity>,
+    counts: Arc<FieldCounts>,
+) {
     let (req, mut stream) = match tokio::time::timeout(
         ctx.limits.header_read_timeout,
         resolver.resolve_request(),
@@ -325,7 +341,10 @@ async fn request(ctx: Arc<Ctx>, info: Arc<ConnInfo>, resolver: Resolver, activit
             return;
         }
     };
-    if let Some(why) = malformed(req.headers()) {
+    let repeated = counts
+        .repeated_pseudo_header(stream.id(), &req)
+        .then_some("a pseudo-header field more than once");
+    if let Some(why) = repeated.or_else(|| malformed(req.headers())) {
         // RFC 9114 4.1.2: a malformed request is a stream error of type H3_MESSAGE_ERROR.
         debug!(peer = %info.peer, why, "malformed HTTP/3 request; stream reset");
         ctx.shared
@@ -412,7 +431,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// A request's body as it arrives on its HTTP/3 stream: DATA frames, then trailers.
 struct RecvBody {
     /// Taken only when dropped.
-    stream: Option<h3::server::RequestStream<h3_quinn::RecvStream, Bytes>>,
+    stream: Option<h3::server::RequestStream<quic_fields::RecvStream, Bytes>>,
     /// 0: DATA frames; 1: trailers; 2: ended.
     stage: u8,
     /// A frame read while looking whether the body is empty.
@@ -426,7 +445,7 @@ impl RecvBody {
     /// usually does): such a body is empty from the start, so that it goes upstream as no
     /// body at all rather than as a chunked one.
     fn new(
-        stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+        stream: h3::server::RequestStream<quic_fields::RecvStream, Bytes>,
         headers: &HeaderMap,
     ) -> Self {
         let length = headers
