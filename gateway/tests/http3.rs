@@ -96,29 +96,15 @@ async fn raw(addr: SocketAddr, sni: &str, requests: Value) -> Vec<Value> {
 }
 
 /// A Gateway `gw` with HTTPS listeners for a.example.com and b.example.com on `port`, their
-/// Secrets, and Service `echo`. `tls_extra` is added under the Gateway's `spec.tls`.
+/// Secrets, and Service `echo`. `tls_extra` is added under the Gateway's `spec`.
 fn https_base(port: u16, echo: SocketAddr, secrets: &str, tls_extra: &str) -> String {
+    let listeners = format!(
+        "  - {{name: a, port: {port}, protocol: HTTPS, hostname: a.example.com, tls: {{certificateRefs: [{{name: cert-a}}]}}}}\n  \
+         - {{name: b, port: {port}, protocol: HTTPS, hostname: b.example.com, tls: {{certificateRefs: [{{name: cert-b}}]}}}}\n"
+    );
     format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: cedille}}
-spec: {{controllerName: cedille.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: cedille
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners:
-  - {{name: a, port: {port}, protocol: HTTPS, hostname: a.example.com, tls: {{certificateRefs: [{{name: cert-a}}]}}}}
-  - {{name: b, port: {port}, protocol: HTTPS, hostname: b.example.com, tls: {{certificateRefs: [{{name: cert-b}}]}}}}
-{tls_extra}
----
-{secrets}
----
-{}"#,
+        "{}\n---\n{secrets}\n---\n{}",
+        support::gateway(&listeners, tls_extra),
         service("echo", echo)
     )
 }
@@ -463,7 +449,7 @@ fn client_ca() -> (String, String, String) {
 async fn http3_requires_client_certificates_where_tcp_does() {
     let certs = Certs::new();
     let (configmap, cert, key) = client_ca();
-    let tls = "  tls:\n    frontend:\n      default:\n        validation: {caCertificateRefs: [{kind: ConfigMap, group: \"\", name: client-ca}]}\n---\n";
+    let tls = "  tls:\n    frontend:\n      default:\n        validation: {caCertificateRefs: [{kind: ConfigMap, group: \"\", name: client-ca}]}\n";
     let mut env = Env::start(&[("r.yaml", ROUTES), ("ca.yaml", &configmap)], |_| {}).await;
     let base = https_base(env.port, env.echo_addr, &certs.secrets, tls);
     env.write("base.yaml", &base);

@@ -314,57 +314,42 @@ impl<B: Buf> quic::Connection<B> for Connection {
     }
 }
 
-impl<B: Buf> quic::OpenStreams<B> for Connection {
-    type BidiStream = BidiStream<B>;
-    type SendStream = h3_quinn::SendStream<B>;
+/// Opening streams is the inner connection's; bidirectional ones (which the server never
+/// opens) are wrapped only so that their type is the one accepted streams have.
+macro_rules! open_streams {
+    ($ty:ty, $inner:tt) => {
+        impl<B: Buf> quic::OpenStreams<B> for $ty {
+            type BidiStream = BidiStream<B>;
+            type SendStream = h3_quinn::SendStream<B>;
 
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx).map_ok(|inner| BidiStream {
-            inner,
-            inspect: None,
-        })
-    }
+            fn poll_open_bidi(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
+                quic::OpenStreams::<B>::poll_open_bidi(&mut self.$inner, cx).map_ok(|inner| {
+                    BidiStream {
+                        inner,
+                        inspect: None,
+                    }
+                })
+            }
 
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx)
-    }
+            fn poll_open_send(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
+                quic::OpenStreams::<B>::poll_open_send(&mut self.$inner, cx)
+            }
 
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
-    }
+            fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+                quic::OpenStreams::<B>::close(&mut self.$inner, code, reason);
+            }
+        }
+    };
 }
 
-impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
-    type BidiStream = BidiStream<B>;
-    type SendStream = h3_quinn::SendStream<B>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.0, cx).map_ok(|inner| BidiStream {
-            inner,
-            inspect: None,
-        })
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.0, cx)
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.0, code, reason);
-    }
-}
+open_streams!(Connection, inner);
+open_streams!(OpenStreams, 0);
 
 impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {

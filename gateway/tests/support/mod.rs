@@ -43,6 +43,20 @@ pub fn free_port() -> u16 {
 /// (port 80) whose EndpointSlice points at `echo`.
 pub fn base(port: u16, echo: SocketAddr) -> String {
     format!(
+        "{}---\n{}",
+        gateway(
+            &format!("  - {{name: http, port: {port}, protocol: HTTP}}\n"),
+            ""
+        ),
+        service("echo", echo)
+    )
+}
+
+/// The GatewayClass and Gateway `gw` on 127.0.0.1 with `listeners` (YAML list items under
+/// `spec.listeners`, each line indented by two spaces) and `spec_extra` (more `spec` fields,
+/// indented by two spaces).
+pub fn gateway(listeners: &str, spec_extra: &str) -> String {
+    format!(
         r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -55,10 +69,8 @@ metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: cedille
   addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
-{}"#,
-        service("echo", echo)
+  listeners:
+{listeners}{spec_extra}"#
     )
 }
 

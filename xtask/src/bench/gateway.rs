@@ -101,6 +101,45 @@ pub(super) fn start_backend(work: &Path) -> anyhow::Result<Child> {
     Ok(backend)
 }
 
+/// The gateway's manifests in `dir`: Gateway `bench` with `listeners` (YAML list items),
+/// the certificate `crt`/`key` as Secret `bench-tls`, and one route to the backend.
+pub(super) fn gateway_config(
+    dir: &Path,
+    listeners: &str,
+    crt: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let b64 = |p: &Path| -> anyhow::Result<String> {
+        use base64::Engine;
+        Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(p)?))
+    };
+    write(
+        &dir.join("gw.yaml"),
+        &format!(
+            r#"{}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-tls, namespace: default}}
+type: kubernetes.io/tls
+data: {{tls.crt: {crt_b64}, tls.key: {key_b64}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: bench, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
+---
+{}"#,
+            crate::manifests::gateway("bench", listeners),
+            crate::manifests::service("backend", ([127, 0, 0, 1], BACKEND).into()),
+            crt_b64 = b64(crt)?,
+            key_b64 = b64(key)?,
+        ),
+    )
+}
+
 fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
     let nginx_common = NGINX_COMMON;
     let pid_proxy = format!("pid {};", work.join("proxy.pid").display());
@@ -158,41 +197,15 @@ fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
         tls: 18480,
     };
     let gw_dir = work.join("gateway");
-    std::fs::create_dir_all(&gw_dir)?;
-    let b64 = |p: &Path| -> anyhow::Result<String> {
-        use base64::Engine;
-        Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(p)?))
-    };
-    write(
-        &gw_dir.join("gw.yaml"),
+    gateway_config(
+        &gw_dir,
         &format!(
-            r#"{}---
-apiVersion: v1
-kind: Secret
-metadata: {{name: bench-tls, namespace: default}}
-type: kubernetes.io/tls
-data: {{tls.crt: {crt_b64}, tls.key: {key_b64}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: bench, namespace: default}}
-spec:
-  parentRefs: [{{name: bench}}]
-  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
----
-{}"#,
-            crate::manifests::gateway(
-                "bench",
-                &format!(
-                    "  - {{name: http, port: {h1}, protocol: HTTP}}\n  - name: https\n    port: {tls}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: bench-tls}}]}}",
-                    h1 = gateway.h1,
-                    tls = gateway.tls,
-                )
-            ),
-            crate::manifests::service("backend", ([127, 0, 0, 1], BACKEND).into()),
-            crt_b64 = b64(&crt)?,
-            key_b64 = b64(&key)?,
+            "  - {{name: http, port: {h1}, protocol: HTTP}}\n  - name: https\n    port: {tls}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: bench-tls}}]}}",
+            h1 = gateway.h1,
+            tls = gateway.tls,
         ),
+        &crt,
+        &key,
     )?;
     let gw_bin = root().join("target/release/cedille-gateway");
     let proxies = vec![

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use super::{
     Args,
-    gateway::{BACKEND, SERVER_NAME, make_certs, path, start_backend, write},
+    gateway::{BACKEND, SERVER_NAME, gateway_config, make_certs, path, start_backend, write},
     group_usage, kill_group, median, pin_self, spawn_pinned, wait_port,
 };
 use crate::util::{cargo, root};
@@ -76,39 +76,13 @@ struct Sample {
 fn start_servers(work: &Path) -> anyhow::Result<Vec<Server>> {
     let (crt, key) = (work.join("server.crt"), work.join("server.key"));
     let gw_dir = work.join("gateway");
-    std::fs::create_dir_all(&gw_dir)?;
-    let b64 = |p: &Path| -> anyhow::Result<String> {
-        use base64::Engine;
-        Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(p)?))
-    };
-    write(
-        &gw_dir.join("gw.yaml"),
+    gateway_config(
+        &gw_dir,
         &format!(
-            r#"{}---
-apiVersion: v1
-kind: Secret
-metadata: {{name: bench-tls, namespace: default}}
-type: kubernetes.io/tls
-data: {{tls.crt: {crt_b64}, tls.key: {key_b64}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: bench, namespace: default}}
-spec:
-  parentRefs: [{{name: bench}}]
-  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
----
-{}"#,
-            crate::manifests::gateway(
-                "bench",
-                &format!(
-                    "  - name: https\n    port: {GATEWAY_PORT}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: bench-tls}}]}}"
-                )
-            ),
-            crate::manifests::service("backend", ([127, 0, 0, 1], BACKEND).into()),
-            crt_b64 = b64(&crt)?,
-            key_b64 = b64(&key)?,
+            "  - name: https\n    port: {GATEWAY_PORT}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: bench-tls}}]}}"
         ),
+        &crt,
+        &key,
     )?;
     let caddyfile = work.join("Caddyfile");
     write(
