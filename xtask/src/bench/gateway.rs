@@ -140,6 +140,24 @@ spec:
     )
 }
 
+/// The release gateway on CPU 0 with one worker thread, reading `dir`.
+pub(super) fn spawn_gateway(dir: &Path) -> anyhow::Result<Child> {
+    let bin = root().join("target/release/cedille-gateway");
+    spawn_pinned(
+        "0",
+        path(&bin)?,
+        &[
+            "--config-dir",
+            path(dir)?,
+            "--admin-addr",
+            "127.0.0.1:18090",
+            "--max-connections",
+            "65536",
+        ],
+        &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "error")],
+    )
+}
+
 fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
     let nginx_common = NGINX_COMMON;
     let pid_proxy = format!("pid {};", work.join("proxy.pid").display());
@@ -207,24 +225,11 @@ fn start_all(work: &Path) -> anyhow::Result<(Child, Vec<Proxy>)> {
         &crt,
         &key,
     )?;
-    let gw_bin = root().join("target/release/cedille-gateway");
     let proxies = vec![
         Proxy {
             name: "cedille-gateway",
             ports: gateway,
-            child: spawn_pinned(
-                "0",
-                path(&gw_bin)?,
-                &[
-                    "--config-dir",
-                    path(&gw_dir)?,
-                    "--admin-addr",
-                    "127.0.0.1:18090",
-                    "--max-connections",
-                    "65536",
-                ],
-                &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "error")],
-            )?,
+            child: spawn_gateway(&gw_dir)?,
         },
         Proxy {
             name: "nginx",

@@ -24,7 +24,9 @@ use bytes::Bytes;
 
 use super::{
     Args,
-    gateway::{BACKEND, SERVER_NAME, gateway_config, make_certs, path, start_backend, write},
+    gateway::{
+        BACKEND, SERVER_NAME, gateway_config, make_certs, path, spawn_gateway, start_backend, write,
+    },
     group_usage, kill_group, median, pin_self, spawn_pinned, wait_port,
 };
 use crate::util::{cargo, root};
@@ -94,24 +96,11 @@ fn start_servers(work: &Path) -> anyhow::Result<Vec<Server>> {
             key = key.display(),
         ),
     )?;
-    let gw_bin = root().join("target/release/cedille-gateway");
     let servers = vec![
         Server {
             name: "cedille-gateway",
             port: GATEWAY_PORT,
-            child: spawn_pinned(
-                "0",
-                path(&gw_bin)?,
-                &[
-                    "--config-dir",
-                    path(&gw_dir)?,
-                    "--admin-addr",
-                    "127.0.0.1:18090",
-                    "--max-connections",
-                    "65536",
-                ],
-                &[("TOKIO_WORKER_THREADS", "1"), ("RUST_LOG", "error")],
-            )?,
+            child: spawn_gateway(&gw_dir)?,
         },
         Server {
             name: "caddy",
