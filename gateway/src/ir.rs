@@ -324,7 +324,7 @@ impl std::fmt::Debug for UpstreamTls {
 impl Snapshot {
     /// The effective routing table as JSON, for `/config`.
     /// Every backend Service port a route uses, with its number of ready endpoints.
-    pub fn backends(&self) -> std::collections::BTreeMap<(String, String, u16), usize> {
+    pub fn backends(&self) -> std::collections::BTreeMap<(&str, &str, u16), usize> {
         let mut out = std::collections::BTreeMap::new();
         for p in self.ports.values() {
             for l in &p.listeners {
@@ -339,7 +339,7 @@ impl Snapshot {
                         for b in &e.rule.backends {
                             if let BackendKind::Service(t) = &b.kind {
                                 out.insert(
-                                    (t.namespace.clone(), t.service.clone(), t.port),
+                                    (t.namespace.as_str(), t.service.as_str(), t.port),
                                     t.endpoints.len(),
                                 );
                             }

@@ -1,7 +1,7 @@
 //! Prometheus metrics, prefix `cedille_gateway_`. Labels are bounded by configuration
 //! (route and parent identity, status class), never by traffic (no paths, no hosts).
 
-use std::{sync::atomic::AtomicI64, time::Duration};
+use std::{collections::BTreeMap, sync::atomic::AtomicI64, time::Duration};
 
 use http::StatusCode;
 use prometheus_client::{
@@ -238,6 +238,8 @@ pub struct Metrics {
     quic_handshakes: Counter,
     quic_handshake_failures: Counter,
     backend_endpoints: Family<BackendLabels, Gauge>,
+    /// What `backend_endpoints` holds now.
+    backends_published: std::sync::Mutex<BTreeMap<(String, String, u16), usize>>,
 }
 
 /// Decrements the active connection gauge when dropped.
@@ -406,6 +408,7 @@ impl Metrics {
             quic_handshakes,
             quic_handshake_failures,
             backend_endpoints,
+            backends_published: Default::default(),
         }
     }
 
@@ -481,20 +484,45 @@ impl Metrics {
         self.tls_handshakes.inc();
     }
 
-    /// The ready endpoints of every backend in use, replacing the previous set.
-    pub fn set_backend_endpoints(
-        &self,
-        backends: &std::collections::BTreeMap<(String, String, u16), usize>,
-    ) {
-        self.backend_endpoints.clear();
-        for ((namespace, service, port), n) in backends {
-            self.backend_endpoints
-                .get_or_create(&BackendLabels {
-                    namespace: namespace.clone(),
-                    service: service.clone(),
-                    port: *port,
-                })
-                .set(*n as i64);
+    /// The ready endpoints of every backend in use, replacing the previous set. Only what
+    /// changed is touched: with thousands of backends, rebuilding the whole family on every
+    /// reload cost milliseconds.
+    pub fn set_backend_endpoints(&self, backends: &BTreeMap<(&str, &str, u16), usize>) {
+        let mut last = self
+            .backends_published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let same = last.len() == backends.len()
+            && last
+                .iter()
+                .zip(backends)
+                .all(|(((a, b, c), n), ((x, y, z), m))| {
+                    (a.as_str(), b.as_str(), *c, n) == (*x, *y, *z, m)
+                });
+        if same {
+            return;
+        }
+        let labels = |(namespace, service, port): (&str, &str, u16)| BackendLabels {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            port,
+        };
+        last.retain(|(ns, svc, port), _| {
+            let keep = backends.contains_key(&(ns.as_str(), svc.as_str(), *port));
+            if !keep {
+                self.backend_endpoints
+                    .remove(&labels((ns.as_str(), svc.as_str(), *port)));
+            }
+            keep
+        });
+        for (&(ns, svc, port), &n) in backends {
+            let key = (ns.to_owned(), svc.to_owned(), port);
+            if last.get(&key) != Some(&n) {
+                self.backend_endpoints
+                    .get_or_create(&labels((ns, svc, port)))
+                    .set(n as i64);
+                last.insert(key, n);
+            }
         }
     }
 
@@ -551,5 +579,48 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(m: &Metrics) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("cedille_gateway_backend_endpoints{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn backend_endpoints_follow_the_published_set() {
+        let m = Metrics::new();
+        let first = BTreeMap::from([(("ns", "a", 80), 2), (("ns", "b", 80), 1)]);
+        m.set_backend_endpoints(&first);
+        assert_eq!(
+            gauges(&m),
+            [
+                r#"cedille_gateway_backend_endpoints{namespace="ns",service="a",port="80"} 2"#,
+                r#"cedille_gateway_backend_endpoints{namespace="ns",service="b",port="80"} 1"#,
+            ]
+        );
+        m.set_backend_endpoints(&first);
+        assert_eq!(gauges(&m).len(), 2);
+        // a changes, b goes, c comes.
+        let second = BTreeMap::from([(("ns", "a", 80), 3), (("ns", "c", 8080), 0)]);
+        m.set_backend_endpoints(&second);
+        let mut got = gauges(&m);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                r#"cedille_gateway_backend_endpoints{namespace="ns",service="a",port="80"} 3"#,
+                r#"cedille_gateway_backend_endpoints{namespace="ns",service="c",port="8080"} 0"#,
+            ]
+        );
+        m.set_backend_endpoints(&BTreeMap::new());
+        assert!(gauges(&m).is_empty());
     }
 }
