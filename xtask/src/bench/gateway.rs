@@ -341,22 +341,6 @@ fn handshakes(
     })
 }
 
-fn handshake_client(ca_der: Vec<u8>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    // The key exchange every server here supports; a post-quantum hybrid would cost the
-    // servers that support it more than the others.
-    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from(ca_der))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Resident memory per idle keep-alive connection (after one request on each).
 fn idle_memory(pgid: u32, port: u16, n: usize) -> anyhow::Result<f64> {
     let (_, before) = group_usage(pgid);
@@ -469,7 +453,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let ca = make_certs(&work)?;
-    let tls_client = handshake_client(ca)?;
+    let tls_client = Arc::new(super::full_handshake_client(ca, b"http/1.1")?);
     // The handshake client runs in this process: on CPU 1 with the backend and oha.
     pin_self(1)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -126,16 +126,7 @@ fn start_servers(work: &Path) -> anyhow::Result<Vec<Server>> {
 }
 
 fn client_config(ca_der: Vec<u8>) -> anyhow::Result<quinn::ClientConfig> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from(ca_der))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.resumption = rustls::client::Resumption::disabled();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let tls = super::full_handshake_client(ca_der, b"h3")?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }

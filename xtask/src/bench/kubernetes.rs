@@ -16,15 +16,17 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use cedille_apiserver::ApiServer;
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+use super::VersionClient;
 use crate::{
     manifests::free_port,
     util::{cargo, root},
 };
+
+/// The Host the benchmark's requests name.
+const HOST: &str = "bench.example.com";
 
 pub fn run(changes: usize) -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "cedille-gateway"]).run()?;
@@ -65,40 +67,8 @@ async fn replica(kubeconfig: &Path, name: &str, work: &Path) -> anyhow::Result<R
 
 /// One GET on a new connection: status and the `x-bench-version` header.
 async fn request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut c = Client::open(addr).await?;
-    c.get(path).await
-}
-
-struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Client {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        Ok(Self { sender })
-    }
-
-    async fn get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
-        let req = http::Request::get(path)
-            .header("host", "bench.example.com")
-            .body(Full::new(Bytes::new()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let v = resp
-            .headers()
-            .get("x-bench-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        resp.into_body().collect().await?;
-        Ok((status, v))
-    }
+    let mut c = VersionClient::open(addr).await?;
+    c.get(HOST, path).await
 }
 
 fn route(version: usize) -> Value {
@@ -189,9 +159,9 @@ async fn bench(changes: usize) -> anyhow::Result<()> {
     }
     let mut a = replica(&kubeconfig, "gw-a", &work).await?;
     let gw: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut client = Client::open(gw).await?;
+    let mut client = VersionClient::open(gw).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get("/").await?.1 != "0" {
+    while client.get(HOST, "/").await?.1 != "0" {
         if Instant::now() > deadline {
             bail!("the route does not serve");
         }
@@ -205,7 +175,7 @@ async fn bench(changes: usize) -> anyhow::Result<()> {
         api.apply(route(i))
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         loop {
-            let (_, v) = client.get("/").await?;
+            let (_, v) = client.get(HOST, "/").await?;
             if v == want {
                 samples.push(t0.elapsed());
                 break;

@@ -161,3 +161,59 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// One kept-alive HTTP/1.1 connection to a gateway, for the propagation benchmarks.
+pub(crate) struct VersionClient {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+}
+
+impl VersionClient {
+    pub async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        Ok(Self { sender })
+    }
+
+    /// A GET for `host` `path`: the status and the `x-bench-version` response header (the
+    /// value the benchmarks change to see a new configuration arrive).
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        use http_body_util::BodyExt;
+        let req = http::Request::get(path)
+            .header("host", host)
+            .body(http_body_util::Empty::new())?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let v = resp
+            .headers()
+            .get("x-bench-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        resp.into_body().collect().await?;
+        Ok((status, v))
+    }
+}
+
+/// A TLS 1.3 client configuration for full handshakes only: X25519 (the key exchange every
+/// server here supports; a post-quantum hybrid would cost the servers that support it more
+/// than the others), no resumption, trusting `ca_der`, offering `alpn`.
+pub(crate) fn full_handshake_client(
+    ca_der: Vec<u8>,
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from(ca_der))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}

@@ -20,10 +20,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 
-use super::{Args, group_usage, kill_group, median};
+use super::{Args, VersionClient, group_usage, kill_group, median};
 use crate::{
     manifests::{free_port, gateway, service},
     util::{cargo, root},
@@ -127,44 +125,11 @@ fn start(work: &Path, name: &str, routes: usize, backend: SocketAddr) -> anyhow:
     Ok(Gateway { child, port })
 }
 
-struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-}
-
-impl Client {
-    async fn open(port: u16) -> anyhow::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        tcp.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        Ok(Self { sender })
-    }
-
-    /// Status and `x-bench-version`.
-    async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
-        let req = http::Request::get(path)
-            .header("host", host)
-            .body(Empty::new())?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let v = resp
-            .headers()
-            .get("x-bench-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let status = resp.status().as_u16();
-        resp.into_body().collect().await?;
-        Ok((status, v))
-    }
-}
-
 /// Waits until the gateway serves `host` `path` with 200; returns how long that took.
 async fn until_served(port: u16, host: &str, path: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(120) {
-        if let Ok(mut c) = Client::open(port).await
+        if let Ok(mut c) = VersionClient::open(([127, 0, 0, 1], port).into()).await
             && c.get(host, path).await.is_ok_and(|(s, _)| s == 200)
         {
             return Ok(start.elapsed());
@@ -188,7 +153,7 @@ async fn cpu_per_request(
     for _ in 0..8 {
         let port = gw.port;
         tasks.spawn(async move {
-            let mut c = Client::open(port).await?;
+            let mut c = VersionClient::open(([127, 0, 0, 1], port).into()).await?;
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let (s, _) = c.get(host, path).await?;
@@ -246,7 +211,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 
     // Propagation on the big configuration: route h000-r00.
     let dir = work.join("big");
-    let mut client = Client::open(big.port).await?;
+    let mut client = VersionClient::open(([127, 0, 0, 1], big.port).into()).await?;
     let mut samples = Vec::with_capacity(args.changes);
     let mut slowest_rename = Duration::ZERO;
     for v in 1..=args.changes {

@@ -334,15 +334,15 @@ fn norm(s: &str, ignore_ws: bool) -> String {
 }
 
 /// The suite's comparison of a response with a case (CompareRoundTrip).
-/// `converted`: the listener was HTTP in the test and serves HTTPS for the HTTP/3 pass, on
-/// this port (a redirect that keeps the request's scheme then says https, and names port 80
-/// where the suite expects an http Location without a port).
+/// `converted`: the listener was HTTP in the test and serves HTTPS for the HTTP/3 pass (a
+/// redirect that keeps the request's scheme then says https, and names port 80 where the
+/// suite expects an http Location without a port).
 pub fn compare(
     case: &Value,
     sent: &Req,
     scheme: &str,
     resp: &Resp,
-    converted: Option<u16>,
+    converted: bool,
 ) -> Result<(), String> {
     let mut codes: Vec<u64> = case
         .pointer("/Response/StatusCodes")
@@ -575,7 +575,7 @@ fn compare_redirect(
     sent: &Req,
     scheme: &str,
     resp: &Resp,
-    converted: Option<u16>,
+    converted: bool,
 ) -> Result<(), String> {
     let Some(rr) = case.get("RedirectRequest") else {
         return Ok(());
@@ -598,7 +598,7 @@ fn compare_redirect(
     // http: the kept form is accepted too (the HTTP/1.1 and HTTP/2 passes, on the test's own
     // listener, checked which one the filter means).
     let mut kept_scheme = text(rr, "/Scheme").is_none_or(str::is_empty);
-    if converted.is_some() && want_scheme == "http" && got_scheme == "https" {
+    if converted && want_scheme == "http" && got_scheme == "https" {
         want_scheme = "https";
         kept_scheme = true;
     }
@@ -615,7 +615,7 @@ fn compare_redirect(
         ));
     }
     let mut want_port = text(rr, "/Port").unwrap_or("").to_owned();
-    if converted.is_some() && want_port.is_empty() && kept_scheme {
+    if converted && want_port.is_empty() && kept_scheme {
         // The suite expects an http Location without port, that is port 80 (the listener's
         // or the filter's); with the scheme now https, the Location names it.
         want_port = "80".to_owned();

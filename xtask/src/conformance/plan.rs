@@ -276,9 +276,9 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, proto: Proto) -> Result<(), String
     let h3 = proto == Proto::H3;
     // HTTP/3 is always TLS: on a listener that was HTTP in the test (and serves HTTPS for
     // this pass), the client names the request's host.
-    let converted = (h3 && c.sni.is_none()).then_some(c.addr.port());
+    let converted = h3 && c.sni.is_none();
     let sni = c.sni.clone().or_else(|| {
-        converted.map(|_| {
+        converted.then(|| {
             let host = &c.req.host;
             host.rsplit_once(':')
                 .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
@@ -341,7 +341,7 @@ pub async fn run_case(ctx: &Ctx, c: &Planned, proto: Proto) -> Result<(), String
             // certificate is chosen for it), where cleartext HTTP answers 404: on a listener
             // converted for HTTP/3, that refusal is the case's 404.
             Err(e)
-                if converted.is_some()
+                if converted
                     && c.case
                         .pointer("/Response/StatusCode")
                         .and_then(Value::as_u64)
