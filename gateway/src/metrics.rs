@@ -586,12 +586,16 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The gauge lines, sorted (the family keeps no order).
     fn gauges(m: &Metrics) -> Vec<String> {
-        m.encode()
+        let mut out: Vec<String> = m
+            .encode()
             .lines()
             .filter(|l| l.starts_with("cedille_gateway_backend_endpoints{"))
             .map(str::to_owned)
-            .collect()
+            .collect();
+        out.sort();
+        out
     }
 
     #[test]
@@ -611,10 +615,8 @@ mod tests {
         // a changes, b goes, c comes.
         let second = BTreeMap::from([(("ns", "a", 80), 3), (("ns", "c", 8080), 0)]);
         m.set_backend_endpoints(&second);
-        let mut got = gauges(&m);
-        got.sort();
         assert_eq!(
-            got,
+            gauges(&m),
             [
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="a",port="80"} 3"#,
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="c",port="8080"} 0"#,
