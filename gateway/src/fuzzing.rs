@@ -18,6 +18,7 @@ use crate::{
     proxy::{
         conn::{Limits, h1_builder, h2_builder, service},
         flood::FloodGuard,
+        h1guard::{H1Guard, Link},
         handler::{ConnInfo, Shared},
         idle::Activity,
         upstream::Upstreams,
@@ -185,7 +186,8 @@ pub fn request(data: &[u8]) -> Vec<u8> {
             SocketAddr::from(([127, 0, 0, 1], 40000)),
             None,
         ));
-        let svc = service(h.port.clone(), h.shared.clone(), info);
+        let link = (!h2).then(Link::new);
+        let svc = service(h.port.clone(), h.shared.clone(), info, link.clone());
         let serve = async {
             if h2 {
                 let io = FloodGuard::new(server, true, Activity::new());
@@ -193,9 +195,16 @@ pub fn request(data: &[u8]) -> Vec<u8> {
                     h2_builder(&h.limits).serve_connection(hyper_util::rt::TokioIo::new(io), svc);
                 let _ = conn.await;
             } else {
+                let io = H1Guard::new(
+                    server,
+                    link.expect("made for HTTP/1.1"),
+                    h.shared.metrics.clone(),
+                    SocketAddr::from(([127, 0, 0, 1], 40000)),
+                    h.limits.max_header_bytes,
+                );
                 let conn = h1_builder(&h.limits)
                     .half_close(true)
-                    .serve_connection(hyper_util::rt::TokioIo::new(server), svc)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
                     .with_upgrades();
                 let _ = conn.await;
             }

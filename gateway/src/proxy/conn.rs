@@ -15,6 +15,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use super::h1guard::{H1Guard, Link};
 use super::handler::{ConnInfo, Shared, handle};
 use super::idle::Activity;
 use crate::ir::{PortConfig, Protocol};
@@ -115,7 +116,7 @@ impl Acceptor {
             let guarded = super::flood::FloodGuard::new(stream, true, activity.clone());
             Box::pin(self.serve_h2(TokioIo::new(guarded), info, activity)).await;
         } else {
-            self.serve_h1(TokioIo::new(stream), info).await;
+            self.serve_h1(stream, info).await;
         }
     }
 
@@ -151,7 +152,7 @@ impl Acceptor {
             let guarded = super::flood::FloodGuard::new(tls, true, activity.clone());
             self.serve_h2(TokioIo::new(guarded), info, activity).await;
         } else {
-            self.serve_h1(TokioIo::new(tls), info).await;
+            self.serve_h1(tls, info).await;
         }
     }
 
@@ -170,12 +171,21 @@ impl Acceptor {
         cached.1.clone()
     }
 
-    async fn serve_h1<I>(&self, io: I, info: Arc<ConnInfo>)
+    async fn serve_h1<T>(&self, stream: T, info: Arc<ConnInfo>)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let link = Link::new();
+        let io = H1Guard::new(
+            stream,
+            link.clone(),
+            self.shared.metrics.clone(),
+            info.peer,
+            self.limits.max_header_bytes,
+        );
+        let svc = service(self.port.clone(), self.shared.clone(), info, Some(link));
         let conn = h1_builder(&self.limits)
-            .serve_connection(io, service(self.port.clone(), self.shared.clone(), info))
+            .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         self.until_drained(conn, |c| c.graceful_shutdown()).await;
     }
@@ -184,8 +194,10 @@ impl Acceptor {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let conn = h2_builder(&self.limits)
-            .serve_connection(io, service(self.port.clone(), self.shared.clone(), info));
+        let conn = h2_builder(&self.limits).serve_connection(
+            io,
+            service(self.port.clone(), self.shared.clone(), info, None),
+        );
         let idle = self.limits.idle_timeout;
         self.until_drained_or_idle(conn, |c| c.graceful_shutdown(), Some((&activity, idle)))
             .await;
@@ -239,11 +251,13 @@ impl Acceptor {
 }
 
 /// What serves a connection's requests: the handler, with the port's configuration as it
-/// is when each request arrives.
+/// is when each request arrives. An HTTP/1.1 connection's framing guard learns of each
+/// response through `link`.
 pub(crate) fn service(
     port: Arc<ArcSwap<PortConfig>>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    link: Option<Arc<Link>>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = hyper::Response<super::Body>,
@@ -255,10 +269,16 @@ pub(crate) fn service(
         let cfg = port.load_full();
         let shared = shared.clone();
         let info = info.clone();
+        let link = link.clone();
         // Boxed: hyper keeps a connection's request future slot for the connection's
         // life, so an unboxed one would hold the handler's whole state while idle.
-        Box::pin(async move { Ok::<_, Infallible>(handle(shared, cfg, info, req).await) })
-            as ResponseFuture
+        Box::pin(async move {
+            let resp = handle(shared, cfg, info, req).await;
+            if let Some(link) = link {
+                link.responded(resp.status().as_u16());
+            }
+            Ok::<_, Infallible>(resp)
+        }) as ResponseFuture
     })
 }
 

@@ -4,6 +4,7 @@ mod backend_tls;
 pub mod conn;
 mod cors;
 pub(crate) mod flood;
+pub(crate) mod h1guard;
 pub(crate) mod handler;
 mod headers;
 pub(crate) mod idle;
