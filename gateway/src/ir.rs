@@ -118,7 +118,8 @@ pub struct VirtualHost {
 }
 
 pub struct RouteEntry {
-    pub matcher: Matcher,
+    /// Shared with the route it came from (a route's matches are built once).
+    pub matcher: Arc<Matcher>,
     pub rule: Arc<Rule>,
 }
 

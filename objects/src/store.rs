@@ -29,13 +29,15 @@ pub struct Stored<C> {
     /// Order of first appearance in manifest files; breaks creation-time ties. Zero for
     /// API objects, whose ties the spec breaks by namespace and name.
     pub seq: u64,
-    /// The file (or API object) this came from.
-    pub source: String,
+    /// The file (or API object) this came from (shared by the objects of one source).
+    pub source: Arc<str>,
     /// The status the API server holds, for kinds whose status the binary writes.
     pub status: Option<Arc<Value>>,
     /// The API server's `resourceVersion` of what is stored (status writes change it).
     pub resource_version: Option<String>,
-    fingerprint: String,
+    /// A digest of [`Catalog::spec_fingerprint`]: whether the spec changed is all the
+    /// store asks of it, and a whole serialised spec per object would double its memory.
+    fingerprint: u64,
 }
 
 impl<C> Clone for Stored<C> {
@@ -46,7 +48,7 @@ impl<C> Clone for Stored<C> {
             source: self.source.clone(),
             status: self.status.clone(),
             resource_version: self.resource_version.clone(),
-            fingerprint: self.fingerprint.clone(),
+            fingerprint: self.fingerprint,
         }
     }
 }
@@ -187,11 +189,12 @@ impl<C: Catalog> Store<C> {
             }
         }
         let mut conflicts = Vec::new();
+        let shared_source: Arc<str> = Arc::from(source);
         for decoded in parsed.objects {
             let mut object = decoded.object;
             let key = ObjKey::new(object.kind(), object.meta().ns(), &object.meta().name);
             if let Some(existing) = self.objects.get(&key)
-                && existing.source != source
+                && &*existing.source != source
             {
                 conflicts.push(ManifestError {
                     file: source.to_owned(),
@@ -215,7 +218,7 @@ impl<C: Catalog> Store<C> {
                 });
                 continue;
             }
-            let fingerprint = object.spec_fingerprint();
+            let fingerprint = digest(&object.spec_fingerprint());
             let old = self.objects.get(&key);
             let seq = if parsed.from_api {
                 0
@@ -262,7 +265,7 @@ impl<C: Catalog> Store<C> {
                         Stored {
                             object: Arc::new(object),
                             seq,
-                            source: source.to_owned(),
+                            source: shared_source.clone(),
                             status: decoded.status,
                             resource_version: decoded.resource_version,
                             fingerprint,
@@ -273,7 +276,7 @@ impl<C: Catalog> Store<C> {
             }
         }
         for gone in old_keys.difference(&new_keys) {
-            if self.objects.get(gone).is_some_and(|s| s.source == source) {
+            if self.objects.get(gone).is_some_and(|s| &*s.source == source) {
                 self.objects.remove(gone);
                 changed.push(gone.clone());
             }
@@ -296,4 +299,14 @@ impl<C: Catalog> Store<C> {
         self.sources.remove(source);
         changed
     }
+}
+
+/// A 64-bit digest of a serialised spec (`DefaultHasher::new()` has fixed keys, so equal
+/// specs always agree). Two different specs colliding, which would miss one generation
+/// bump, has a chance of about one in 2^64 per change.
+fn digest(serialised: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serialised.hash(&mut h);
+    h.finish()
 }

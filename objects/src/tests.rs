@@ -156,7 +156,7 @@ fn same_object_in_two_files_keeps_the_first() {
     let mut s = Store::new();
     apply(&mut s, "a", &cm("c", "a"));
     apply(&mut s, "b", &cm("c", "b"));
-    assert_eq!(s.get(&key("c")).unwrap().source, "a");
+    assert_eq!(&*s.get(&key("c")).unwrap().source, "a");
     assert!(s.errors()[0].message.contains("also defined in a"));
 }
 

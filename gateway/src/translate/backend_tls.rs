@@ -255,8 +255,8 @@ pub(crate) fn statuses(
                     section_name: None,
                     port: None,
                 },
-                controller_name: CONTROLLER_NAME.into(),
-                conditions: conds.clone_for(generation, prev_c, ctx.now),
+                controller_name: CONTROLLER_NAME,
+                conditions: conds.clone_for(generation, prev_c, &ctx.now),
             }
         };
         let status = PolicyStatus {

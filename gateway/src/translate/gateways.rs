@@ -105,7 +105,7 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
                 name: c.metadata.name.clone(),
                 generation,
                 status: GatewayClassStatus {
-                    conditions: conds.finish(generation, prev, ctx.now),
+                    conditions: conds.finish(generation, prev, &ctx.now),
                 },
             },
         );
@@ -405,7 +405,7 @@ pub(crate) fn finish(
                 conditions: l.conditions.finish(
                     set_gen.unwrap_or(generation),
                     prev_l.map(|p| p.conditions.as_slice()),
-                    ctx.now,
+                    &ctx.now,
                 ),
             };
             match set_key {
@@ -464,7 +464,7 @@ pub(crate) fn finish(
                     name: set.name.clone(),
                     generation: set.generation,
                     status: super::status::ListenerSetStatus {
-                        conditions: c.finish(set.generation, prev_set, ctx.now),
+                        conditions: c.finish(set.generation, prev_set, &ctx.now),
                         listeners: lists,
                     },
                 },
@@ -497,7 +497,7 @@ pub(crate) fn finish(
                     conditions: conds.finish(
                         generation,
                         prev.map(|p| p.status.conditions.as_slice()),
-                        ctx.now,
+                        &ctx.now,
                     ),
                     listeners,
                     attached_listener_sets: attached_sets,

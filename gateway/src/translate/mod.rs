@@ -86,7 +86,7 @@ pub fn translate_with(
 pub(crate) struct Ctx<'a> {
     pub store: &'a Store,
     pub prev: Option<&'a StatusReport>,
-    pub now: &'a str,
+    pub now: std::sync::Arc<str>,
     grants: Vec<&'a ReferenceGrant>,
     pub slices: &'a backends::SliceIndex,
     pub unusable: &'a BTreeSet<SocketAddr>,
@@ -118,7 +118,7 @@ impl<'a> Ctx<'a> {
         Self {
             store,
             prev,
-            now,
+            now: now.into(),
             grants,
             slices,
             unusable: &NONE_UNUSABLE,

@@ -32,7 +32,7 @@ pub(crate) struct BuiltRoute {
     age: (String, u64),
     namespace: String,
     name: String,
-    rules: Vec<(Arc<Rule>, Vec<Matcher>)>,
+    rules: Vec<(Arc<Rule>, Vec<Arc<Matcher>>)>,
 }
 
 pub(crate) struct RouteResult {
@@ -72,7 +72,7 @@ struct Attachment {
 
 /// A route's rules before they are bound to a parent.
 struct Checked {
-    rules: Vec<(Rule, Vec<Matcher>)>,
+    rules: Vec<(Rule, Vec<Arc<Matcher>>)>,
     /// First unresolved reference, for ResolvedRefs.
     unresolved: Option<(&'static str, String)>,
 }
@@ -179,10 +179,14 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 .map(|p| p.conditions.as_slice());
             parents.push(RouteParentStatus {
                 parent_ref,
-                controller_name: CONTROLLER_NAME.to_owned(),
-                conditions: conds.finish(route.metadata.generation, prev, ctx.now),
+                controller_name: CONTROLLER_NAME,
+                conditions: conds.finish(route.metadata.generation, prev, &ctx.now),
             });
         }
+        // Both live as long as the route does: no growth slack (a vector grown by pushes
+        // holds room for four).
+        parents.shrink_to_fit();
+        attachments.shrink_to_fit();
         let status = (!parents.is_empty()).then(|| {
             Arc::new(Entry {
                 namespace: ns.to_owned(),
@@ -388,7 +392,9 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
             .iter()
             .enumerate()
             .map(|(mi, m)| {
-                matcher(m).map_err(|e| format!("{}: {e}", at(&format!("matches[{mi}]"))))
+                matcher(m)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{}: {e}", at(&format!("matches[{mi}]"))))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rule_filters = filters(ctx, ns, &rule.filters, &mut unresolved)
@@ -639,7 +645,12 @@ pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
         usize,
         usize,
     );
-    let mut entries: Vec<(Key<'_>, RouteEntry)> = Vec::new();
+    let count = routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .map(|(_, m)| m.len())
+        .sum();
+    let mut entries: Vec<(Key<'_>, RouteEntry)> = Vec::with_capacity(count);
     for r in routes {
         for (ri, (rule, matchers)) in r.rules.iter().enumerate() {
             for (mi, m) in matchers.iter().enumerate() {
@@ -671,7 +682,9 @@ pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
         }
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    ir::VirtualHost {
-        entries: entries.into_iter().map(|(_, e)| e).collect(),
-    }
+    // Into a new vector of its own size: collecting in place would keep the allocation
+    // sized for the sort keys for as long as the snapshot lives.
+    let mut out = Vec::with_capacity(entries.len());
+    out.extend(entries.into_iter().map(|(_, e)| e));
+    ir::VirtualHost { entries: out }
 }

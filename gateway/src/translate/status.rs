@@ -1,6 +1,6 @@
 //! Status in the shape the Kubernetes API has it, as the gateway would write it back.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
@@ -10,27 +10,34 @@ use crate::{manifest::ManifestError, model::gwapi::ParentReference};
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-    pub reason: String,
+    pub type_: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
     pub message: String,
     pub observed_generation: i64,
-    pub last_transition_time: String,
+    /// Shared by every condition that changed in one translation.
+    pub last_transition_time: Arc<str>,
 }
 
 /// Builds a condition list; `finish` stamps observedGeneration and keeps lastTransitionTime
 /// from the previous status when type and status did not change.
 #[derive(Default)]
-pub struct Conditions(Vec<(String, bool, String, String)>);
+pub struct Conditions(Vec<(&'static str, bool, &'static str, String)>);
 
 impl Conditions {
-    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+    /// Types and reasons are the spec's words, so they are static; messages are not.
+    pub fn set(
+        &mut self,
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) {
         let message = message.into();
         if let Some(c) = self.0.iter_mut().find(|c| c.0 == type_) {
-            *c = (type_.to_owned(), ok, reason.to_owned(), message);
+            *c = (type_, ok, reason, message);
         } else {
-            self.0
-                .push((type_.to_owned(), ok, reason.to_owned(), message));
+            self.0.push((type_, ok, reason, message));
         }
     }
 
@@ -39,7 +46,7 @@ impl Conditions {
         &self,
         generation: i64,
         prev: Option<&[Condition]>,
-        now: &str,
+        now: &Arc<str>,
     ) -> Vec<Condition> {
         Conditions(self.0.clone()).finish(generation, prev, now)
     }
@@ -48,14 +55,19 @@ impl Conditions {
         self.0.iter().find(|c| c.0 == type_).map(|c| c.1)
     }
 
-    pub fn finish(self, generation: i64, prev: Option<&[Condition]>, now: &str) -> Vec<Condition> {
+    pub fn finish(
+        self,
+        generation: i64,
+        prev: Option<&[Condition]>,
+        now: &Arc<str>,
+    ) -> Vec<Condition> {
         self.0
             .into_iter()
             .map(|(type_, ok, reason, message)| {
-                let status = if ok { "True" } else { "False" }.to_owned();
+                let status = if ok { "True" } else { "False" };
                 let last = prev
                     .and_then(|p| p.iter().find(|c| c.type_ == type_ && c.status == status))
-                    .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+                    .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
                 Condition {
                     type_,
                     status,
@@ -125,7 +137,7 @@ pub struct RouteStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
     pub parent_ref: ParentReference,
-    pub controller_name: String,
+    pub controller_name: &'static str,
     pub conditions: Vec<Condition>,
 }
 
@@ -139,7 +151,7 @@ pub struct PolicyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAncestorStatus {
     pub ancestor_ref: ParentReference,
-    pub controller_name: String,
+    pub controller_name: &'static str,
     pub conditions: Vec<Condition>,
 }
 

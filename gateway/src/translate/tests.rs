@@ -130,7 +130,7 @@ fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
     let conds = &out.status.http_routes["ns/r"].status.parents[0].conditions;
     let resolved = conds.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
     assert_eq!(
-        (resolved.status.as_str(), resolved.reason.as_str()),
+        (resolved.status, resolved.reason),
         ("False", "BackendNotFound")
     );
 }
@@ -145,7 +145,7 @@ fn unchanged_conditions_keep_their_transition_time() {
         o.status.http_routes["ns/r"].status.parents[0]
             .conditions
             .iter()
-            .map(|c| c.last_transition_time.clone())
+            .map(|c| c.last_transition_time.to_string())
             .collect::<Vec<_>>()
     };
     assert_eq!(times(&second), vec!["T1".to_owned(), "T1".to_owned()]);
