@@ -11,6 +11,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{
+    uri::PathAndQuery,
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
 };
 use http_body_util::{BodyExt, Limited};
@@ -625,7 +626,7 @@ async fn process<B: RequestBody>(
 /// What the request filters made of a request: the path to send, the response header
 /// edits to apply on the way back, and the mirrors to copy it to.
 struct Rewritten<'r> {
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     response_edits: Vec<&'r ir::HeaderEdit>,
     mirrors: Vec<Arc<ir::Target>>,
 }
@@ -643,23 +644,21 @@ fn request_filters<'r>(
     span: Option<&Span>,
     parts: &mut http::request::Parts,
 ) -> Rewritten<'r> {
+    // Shared with the request's URI (no copy) unless a filter rewrites it.
     let mut path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // The target's authority wins over the Host field (an absolute-form request-target,
-    // RFC 9112 3.2.2; HTTP/2's :authority).
-    let mut authority = host.to_owned();
-    if let Some(a) = parts.uri.authority() {
-        authority = a.as_str().to_owned();
-    } else if let Some(orig) = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        authority = orig.to_owned();
-    }
+    // RFC 9112 3.2.2; HTTP/2's :authority). `None`: the Host field stays as it is.
+    let mut authority: Option<String> = if let Some(a) = parts.uri.authority() {
+        Some(a.as_str().to_owned())
+    } else if parts.headers.contains_key(header::HOST) {
+        None
+    } else {
+        Some(host.to_owned())
+    };
     let filters = entry.rule.filters.iter().chain(backend.filters.iter());
     let mut response_edits = Vec::new();
     let mut mirrors = Vec::new();
@@ -669,7 +668,7 @@ fn request_filters<'r>(
             Filter::ResponseHeaders(e) => response_edits.push(e),
             Filter::Rewrite { hostname, path } => {
                 if let Some(h) = hostname {
-                    authority = h.clone();
+                    authority = Some(h.clone());
                 }
                 if let Some(p) = path {
                     let query = parts
@@ -677,10 +676,13 @@ fn request_filters<'r>(
                         .query()
                         .map(|q| format!("?{q}"))
                         .unwrap_or_default();
-                    path_and_query = format!(
+                    let rewritten = format!(
                         "{}{query}",
                         rewrite_path(p, &entry.matcher.path, parts.uri.path())
                     );
+                    if let Ok(pq) = PathAndQuery::try_from(rewritten) {
+                        path_and_query = pq;
+                    }
                 }
             }
             Filter::Mirror {
@@ -695,7 +697,7 @@ fn request_filters<'r>(
             Filter::Redirect(_) | Filter::Cors(_) => {}
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&authority) {
+    if let Some(v) = authority.and_then(|a| HeaderValue::try_from(a).ok()) {
         parts.headers.insert(header::HOST, v);
     }
     append_forwarded(&mut parts.headers, conn, scheme);
@@ -722,7 +724,7 @@ fn request_filters<'r>(
 struct Sent<'a> {
     method: &'a Method,
     headers: &'a mut HeaderMap,
-    path_and_query: &'a str,
+    path_and_query: &'a PathAndQuery,
     /// The whole body when a retry or a mirror needs it again.
     buffered: &'a Option<Bytes>,
     /// Otherwise the body as it streams in (sent once).
@@ -867,7 +869,7 @@ fn count(counter: &prometheus_client::metrics::counter::Counter, f: Frame<Bytes>
 fn build(
     method: &Method,
     headers: HeaderMap,
-    path_and_query: &str,
+    path_and_query: &PathAndQuery,
     addr: SocketAddr,
     body: Body,
 ) -> Request<Body> {
@@ -881,7 +883,7 @@ fn build(
 
 /// `http://addr/path`: the address's authority is formatted once per thread and endpoint,
 /// not on every request.
-fn backend_uri(addr: SocketAddr, path_and_query: &str) -> Uri {
+fn backend_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Uri {
     use std::cell::RefCell;
     thread_local! {
         static AUTHORITIES: RefCell<std::collections::HashMap<SocketAddr, http::uri::Authority, foldhash::fast::RandomState>> =
@@ -902,7 +904,7 @@ fn backend_uri(addr: SocketAddr, path_and_query: &str) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority);
-    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
+    parts.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 

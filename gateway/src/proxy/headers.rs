@@ -17,30 +17,45 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including any the Connection header names. `Upgrade` is
 /// removed too unless `keep_upgrade` (a WebSocket handshake being forwarded).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names (standard names compare as
-    // small integers) instead of a hashed removal per hop-by-hop name.
-    let any = h.keys().any(|k| {
-        k == header::CONNECTION || k == header::UPGRADE || HOP_BY_HOP.iter().any(|n| n == k)
-    });
-    if !any {
+    // Most messages carry none, or only `Connection`: one pass over the names (standard
+    // names compare as small integers) finds which are there, and only those are removed.
+    // The bit after HOP_BY_HOP's eight.
+    const UPGRADE_BIT: u16 = 1 << 8;
+    let mut found = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            found |= 1 << i;
+        } else if k == header::UPGRADE {
+            found |= UPGRADE_BIT;
+        }
+    }
+    if found == 0 {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
+    // HOP_BY_HOP[0] is Connection: the fields it names go too (looked up by name, which
+    // allocates nothing).
+    if found & 1 != 0 {
+        // (The values are cloned, which only counts references, so that `h` can change.)
+        let mut values = h.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<http::HeaderValue> = values.cloned().collect();
+        for v in first.iter().chain(&rest) {
+            let Ok(v) = v.to_str() else { continue };
+            for t in v.split(',').map(str::trim) {
+                let kept = keep_upgrade && t.eq_ignore_ascii_case("upgrade");
+                if !t.is_empty() && !kept {
+                    // A token that is no valid field name matches nothing.
+                    h.remove(t);
+                }
+            }
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
             h.remove(n);
         }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
-    if !keep_upgrade {
+    if !keep_upgrade && found & UPGRADE_BIT != 0 {
         h.remove(header::UPGRADE);
     }
 }
@@ -99,6 +114,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_tokens_match_any_case_and_upgrade_may_stay() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.append(header::CONNECTION, " X-Other , bad token,".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["upgrade", "x-kept"]);
+        let mut only_connection = HeaderMap::new();
+        only_connection.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        strip_hop_by_hop(&mut only_connection, false);
+        assert!(only_connection.is_empty());
     }
 
     #[test]
