@@ -11,8 +11,8 @@ use std::{
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{
-    uri::PathAndQuery,
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+    uri::PathAndQuery,
 };
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
