@@ -41,6 +41,14 @@ pub struct DirSource<C> {
     _kinds: PhantomData<fn() -> C>,
 }
 
+/// `dir` as the watch reports paths under it: joined to the working directory if relative.
+fn absolute(dir: PathBuf) -> PathBuf {
+    if dir.is_absolute() {
+        return dir;
+    }
+    std::env::current_dir().map_or(dir.clone(), |cwd| cwd.join(dir))
+}
+
 /// Manifest files are `*.yaml`, `*.yml` and `*.json`, hidden files and directories aside.
 fn is_manifest(p: &Path) -> bool {
     !is_hidden(p)
@@ -74,7 +82,11 @@ impl<C: Catalog> DirSource<C> {
     /// Watches `dir`; `rescan` is the period of full rescans, in case a change notification
     /// was missed (or the platform gives none).
     pub fn new(dir: impl Into<PathBuf>, rescan: Duration) -> Self {
-        let dir = dir.into();
+        // The watch reports absolute paths (it joins a relative directory to the working
+        // directory), so the source keeps the directory the same way: with a relative
+        // `--config-dir`, every reported path would otherwise fall outside it and only the
+        // periodic rescan would see changes.
+        let dir = absolute(dir.into());
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = cedille_common::watch_dir(&dir, tx);
         // The first sync walks the tree anyway: the first rescan is one period away.

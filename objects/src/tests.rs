@@ -260,9 +260,23 @@ fn api_objects_keep_the_servers_metadata_and_status_moves_alone() {
 /// fresh read of the whole directory.
 #[tokio::test]
 async fn the_directory_source_follows_files_and_directories() {
-    use crate::dir::DirSource;
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    follows_files_and_directories(dir.path()).await;
+}
+
+/// The same with the directory given as a relative path, as `--config-dir conf` gives it:
+/// the watch's reports (absolute paths) still count, so no step waits for a rescan.
+#[tokio::test]
+async fn the_directory_source_follows_a_relative_directory() {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let relative = dir.path().strip_prefix(&cwd).unwrap();
+    assert!(relative.is_relative());
+    follows_files_and_directories(relative).await;
+}
+
+async fn follows_files_and_directories(d: &std::path::Path) {
+    use crate::dir::DirSource;
     let mut src = DirSource::<Obj>::new(d, std::time::Duration::from_secs(3600));
     let mut store = Store::new();
     src.sync(&mut store);
