@@ -15,7 +15,7 @@ use http::{
     uri::PathAndQuery,
 };
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tracing::{debug, error, info};
 
 use super::{Body, BoxError, empty, full, headers, upstream::Upstreams};
@@ -740,7 +740,7 @@ async fn forward(
     metrics: &RouteMetrics,
     span: Option<&Span>,
     sent: Sent<'_>,
-) -> Result<Response<Incoming>, Response<Body>> {
+) -> Result<Response<super::h1pool::UpstreamBody>, Response<Body>> {
     let Sent {
         method,
         headers: req_headers,
@@ -797,7 +797,7 @@ async fn forward(
                     "backend request timeout",
                 ));
             }
-            Ok(Err(super::upstream::SendError::Http(e))) if caused_by_client_body(&e) => {
+            Ok(Err(super::upstream::SendError::Http(e))) if caused_by_client_body(e.as_ref()) => {
                 debug!(%addr, error = %e, "the client's request body failed");
                 return Err(refuse_and_close(
                     Failure::new(Origin::Client, "bad_body"),

@@ -5,6 +5,7 @@ pub mod conn;
 mod cors;
 pub(crate) mod flood;
 pub(crate) mod h1guard;
+pub mod h1pool;
 pub(crate) mod handler;
 mod headers;
 pub(crate) mod idle;

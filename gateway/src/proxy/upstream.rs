@@ -18,11 +18,13 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::Body;
+use super::h1pool::{Failed, H1Pool, UpstreamBody};
+use super::{Body, BoxError};
 use crate::ir::{BackendTls, Target, UpstreamTls};
 
 pub struct Upstreams {
-    h1: Client<HttpConnector, Body>,
+    /// Cleartext HTTP/1.1, the common case: connections kept per endpoint.
+    h1: Arc<H1Pool>,
     h2c: Client<HttpConnector, Body>,
     /// One pooled client per BackendTLSPolicy configuration.
     tls: RwLock<HashMap<String, Client<super::backend_tls::TlsConnector, Body>>>,
@@ -50,12 +52,20 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.enforce_http(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector.clone());
+        let h1 = Arc::new(H1Pool::default());
+        // Idle connections past their time are closed even if their endpoint is never
+        // used again.
+        let weak = Arc::downgrade(&h1);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(super::h1pool::IDLE_TIMEOUT / 2);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = weak.upgrade() else { break };
+                    pool.sweep();
+                }
+            });
+        }
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -127,21 +137,50 @@ impl Upstreams {
         Some((addr, InflightGuard(c)))
     }
 
-    /// Sends a request to an endpoint of `target`, over TLS when a policy says so.
+    /// Sends a request to an endpoint of `target` (the URI's authority), over TLS when a
+    /// policy says so.
     pub async fn send(
         &self,
         target: &Target,
         req: hyper::Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let plain = |r: Result<Response<hyper::body::Incoming>, _>| {
+            r.map(|resp| resp.map(UpstreamBody::plain))
+                .map_err(SendError::from_client)
+        };
         match &target.tls {
-            None if target.h2c => self.h2c.request(req).await.map_err(SendError::Http),
-            None => self.h1.request(req).await.map_err(SendError::Http),
+            None if target.h2c => plain(self.h2c.request(req).await),
+            None => {
+                let (mut parts, body) = req.into_parts();
+                let Some(addr) = parts
+                    .uri
+                    .authority()
+                    .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+                else {
+                    return Err(SendError::Connect("no endpoint address in the URI".into()));
+                };
+                // On a connection of its own, the request line carries the origin form.
+                parts.uri = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .map_or_else(|| hyper::Uri::from_static("/"), hyper::Uri::from);
+                match self
+                    .h1
+                    .send(addr, hyper::Request::from_parts(parts, body))
+                    .await
+                {
+                    Ok(r) => Ok(r),
+                    Err(Failed::Connect(e)) => Err(SendError::Connect(e)),
+                    Err(Failed::Request(e)) => Err(SendError::Http(e)),
+                }
+            }
             Some(BackendTls::Invalid(why)) => Err(SendError::Policy(why.clone())),
             Some(BackendTls::Ready(tls)) => {
                 let client = self
                     .tls_client(tls)
                     .map_err(|e| SendError::Policy(e.to_string()))?;
-                client.request(req).await.map_err(SendError::Http)
+                plain(client.request(req).await)
             }
         }
     }
@@ -177,20 +216,33 @@ impl Upstreams {
 /// Why a request could not be sent upstream.
 #[derive(Debug)]
 pub enum SendError {
-    Http(hyper_util::client::legacy::Error),
+    /// No connection to the endpoint.
+    Connect(BoxError),
+    /// The exchange failed on a connection (reset, a malformed response, the client's
+    /// request body failing on the way).
+    Http(BoxError),
     /// The backend's TLS policy cannot be applied.
     Policy(String),
 }
 
 impl SendError {
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Http(e) if e.is_connect())
+        matches!(self, SendError::Connect(_))
+    }
+
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            SendError::Connect(Box::new(e))
+        } else {
+            SendError::Http(Box::new(e))
+        }
     }
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SendError::Connect(e) => write!(f, "connect: {e}"),
             SendError::Http(e) => write!(f, "{e}"),
             SendError::Policy(p) => write!(f, "backend TLS policy: {p}"),
         }
