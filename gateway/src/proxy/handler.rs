@@ -706,7 +706,7 @@ fn request_filters<'r>(
         // `tracestate` passes through untouched.
         parts
             .headers
-            .insert(HeaderName::from_static("traceparent"), span.traceparent());
+            .insert(TRACEPARENT, span.traceparent());
         span.set(
             "cedille.backend",
             format!("{}/{}:{}", target.namespace, target.service, target.port),
@@ -920,17 +920,22 @@ fn apply_edit(h: &mut HeaderMap, e: &ir::HeaderEdit) {
     }
 }
 
+/// Names made once, at compile time (a name given as a string is parsed at every use).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 fn append_forwarded(h: &mut HeaderMap, conn: &ConnInfo, scheme: &'static str) {
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
             HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip().to_canonical())).ok()
         }
         None => Some(conn.peer_ip.clone()),
     };
     if let Some(v) = xff {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
 
 /// The path after a URLRewrite or redirect path modifier.
