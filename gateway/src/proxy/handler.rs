@@ -567,14 +567,13 @@ async fn process<B: RequestBody>(
                 &parts.method,
                 parts.headers.clone(),
                 &path_and_query,
-                addr,
                 full(buffered.clone().unwrap_or_default()),
             );
             let shared = shared.clone();
             // Mirrors are fire-and-forget; their outcome never affects the client.
             tokio::spawn(async move {
                 let _guard = guard;
-                let sent = shared.upstreams.send(&m, req);
+                let sent = shared.upstreams.send(&m, addr, req);
                 if let Ok(Ok(resp)) = tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
                     let _ = resp.into_body().collect().await;
                 }
@@ -704,9 +703,7 @@ fn request_filters<'r>(
     if let Some(span) = span {
         // The backend continues the trace with the gateway's span as its parent;
         // `tracestate` passes through untouched.
-        parts
-            .headers
-            .insert(TRACEPARENT, span.traceparent());
+        parts.headers.insert(TRACEPARENT, span.traceparent());
         span.set(
             "cedille.backend",
             format!("{}/{}:{}", target.namespace, target.service, target.port),
@@ -776,8 +773,8 @@ async fn forward(
         } else {
             req_headers.clone()
         };
-        let req = build(method, headers, path_and_query, addr, body);
-        let sent = shared.upstreams.send(target, req);
+        let req = build(method, headers, path_and_query, body);
+        let sent = shared.upstreams.send(target, addr, req);
         let result = match rule.backend_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -870,42 +867,14 @@ fn build(
     method: &Method,
     headers: HeaderMap,
     path_and_query: &PathAndQuery,
-    addr: SocketAddr,
     body: Body,
 ) -> Request<Body> {
-    let uri = backend_uri(addr, path_and_query);
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
+    // Origin form; the endpoint is the upstream's to add where its client needs it.
+    *req.uri_mut() = Uri::from(path_and_query.clone());
     *req.headers_mut() = headers;
     req
-}
-
-/// `http://addr/path`: the address's authority is formatted once per thread and endpoint,
-/// not on every request.
-fn backend_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Uri {
-    use std::cell::RefCell;
-    thread_local! {
-        static AUTHORITIES: RefCell<std::collections::HashMap<SocketAddr, http::uri::Authority, foldhash::fast::RandomState>> =
-            RefCell::default();
-    }
-    let authority = AUTHORITIES.with_borrow_mut(|m| {
-        if m.len() > 4096 {
-            // Endpoints come and go; a bound on what old ones hold.
-            m.clear();
-        }
-        m.entry(addr)
-            .or_insert_with(|| {
-                http::uri::Authority::try_from(addr.to_string())
-                    .expect("a socket address is an authority")
-            })
-            .clone()
-    });
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(path_and_query.clone());
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn apply_edit(h: &mut HeaderMap, e: &ir::HeaderEdit) {

@@ -23,6 +23,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     const UPGRADE_BIT: u16 = 1 << 8;
     let mut found = 0u16;
     for k in h.keys() {
+        // A cheap look first: every hop-by-hop name has one of these lengths and first
+        // letters (connection, keep-alive, proxy-*, te, trailer, transfer-encoding, upgrade).
+        let name = k.as_str();
+        let maybe = matches!(
+            (name.len(), name.as_bytes().first()),
+            (10, Some(b'c' | b'k'))
+                | (16 | 18 | 19, Some(b'p'))
+                | (2 | 7 | 17, Some(b't'))
+                | (7, Some(b'u'))
+        );
+        if !maybe {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
             found |= 1 << i;
         } else if k == header::UPGRADE {

@@ -137,49 +137,35 @@ impl Upstreams {
         Some((addr, InflightGuard(c)))
     }
 
-    /// Sends a request to an endpoint of `target` (the URI's authority), over TLS when a
-    /// policy says so.
+    /// Sends `req` (its URI in origin form) to `addr`, an endpoint of `target`, over TLS
+    /// when a policy says so.
     pub async fn send(
         &self,
         target: &Target,
-        req: hyper::Request<Body>,
+        addr: SocketAddr,
+        mut req: hyper::Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let plain = |r: Result<Response<hyper::body::Incoming>, _>| {
             r.map(|resp| resp.map(UpstreamBody::plain))
                 .map_err(SendError::from_client)
         };
         match &target.tls {
-            None if target.h2c => plain(self.h2c.request(req).await),
-            None => {
-                let (mut parts, body) = req.into_parts();
-                let Some(addr) = parts
-                    .uri
-                    .authority()
-                    .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-                else {
-                    return Err(SendError::Connect("no endpoint address in the URI".into()));
-                };
-                // On a connection of its own, the request line carries the origin form.
-                parts.uri = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .map_or_else(|| hyper::Uri::from_static("/"), hyper::Uri::from);
-                match self
-                    .h1
-                    .send(addr, hyper::Request::from_parts(parts, body))
-                    .await
-                {
-                    Ok(r) => Ok(r),
-                    Err(Failed::Connect(e)) => Err(SendError::Connect(e)),
-                    Err(Failed::Request(e)) => Err(SendError::Http(e)),
-                }
-            }
+            None if !target.h2c => match self.h1.send(addr, req).await {
+                Ok(r) => Ok(r),
+                Err(Failed::Connect(e)) => Err(SendError::Connect(e)),
+                Err(Failed::Request(e)) => Err(SendError::Http(e)),
+            },
             Some(BackendTls::Invalid(why)) => Err(SendError::Policy(why.clone())),
+            // hyper-util's clients find the endpoint in the URI.
+            None => {
+                *req.uri_mut() = absolute_uri(addr, req.uri());
+                plain(self.h2c.request(req).await)
+            }
             Some(BackendTls::Ready(tls)) => {
                 let client = self
                     .tls_client(tls)
                     .map_err(|e| SendError::Policy(e.to_string()))?;
+                *req.uri_mut() = absolute_uri(addr, req.uri());
                 plain(client.request(req).await)
             }
         }
@@ -247,4 +233,31 @@ impl std::fmt::Display for SendError {
             SendError::Policy(p) => write!(f, "backend TLS policy: {p}"),
         }
     }
+}
+
+/// `http://<addr><origin's path and query>`, the endpoint's authority formatted once per
+/// endpoint and thread.
+fn absolute_uri(addr: SocketAddr, origin: &hyper::Uri) -> hyper::Uri {
+    use std::cell::RefCell;
+    thread_local! {
+        static AUTHORITIES: RefCell<std::collections::HashMap<SocketAddr, http::uri::Authority, foldhash::fast::RandomState>> =
+            RefCell::default();
+    }
+    let authority = AUTHORITIES.with_borrow_mut(|m| {
+        if m.len() > 4096 {
+            // Endpoints come and go; a bound on what old ones hold.
+            m.clear();
+        }
+        m.entry(addr)
+            .or_insert_with(|| {
+                http::uri::Authority::try_from(addr.to_string())
+                    .expect("a socket address is an authority")
+            })
+            .clone()
+    });
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = origin.path_and_query().cloned();
+    hyper::Uri::from_parts(parts).unwrap_or_else(|_| hyper::Uri::from_static("/"))
 }
