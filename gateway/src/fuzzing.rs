@@ -200,7 +200,7 @@ pub fn request(data: &[u8]) -> Vec<u8> {
                     link.expect("made for HTTP/1.1"),
                     h.shared.metrics.clone(),
                     SocketAddr::from(([127, 0, 0, 1], 40000)),
-                    h.limits.max_header_bytes,
+                    crate::proxy::conn::guard_line_limit(&h.limits),
                 );
                 let conn = h1_builder(&h.limits)
                     .half_close(true)

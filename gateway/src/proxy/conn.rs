@@ -181,7 +181,7 @@ impl Acceptor {
             link.clone(),
             self.shared.metrics.clone(),
             info.peer,
-            self.limits.max_header_bytes,
+            guard_line_limit(&self.limits),
         );
         let svc = service(self.port.clone(), self.shared.clone(), info, Some(link));
         let conn = h1_builder(&self.limits)
@@ -280,6 +280,12 @@ pub(crate) fn service(
             Ok::<_, Infallible>(resp)
         }) as ResponseFuture
     })
+}
+
+/// The longest line the HTTP/1.1 framing guard keeps whole: twice what hyper's buffer may
+/// hold, so that hyper's own 431 comes first for heads over the limit.
+pub(crate) fn guard_line_limit(limits: &Limits) -> usize {
+    2 * limits.max_header_bytes.max(8192)
 }
 
 /// The HTTP/1.1 server settings every connection gets.

@@ -9,7 +9,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -29,6 +32,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint; more are closed when they come back.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection may take to become ready for a request. One whose last
+/// exchange is over is ready at once; one still sending a request body to a backend that
+/// stopped reading it is not, and is given up for another.
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 struct Idle {
     tx: SendRequest<Body>,
@@ -61,11 +68,24 @@ impl H1Pool {
                 None => (connect(addr).await?, false),
             };
             // A pooled connection may still be finishing its previous exchange.
-            if std::future::poll_fn(|cx| tx.poll_ready(cx)).await.is_err() {
-                if pooled {
-                    continue;
-                }
-                return Err(Failed::Connect("the new connection closed at once".into()));
+            let ready = std::future::poll_fn(|cx| tx.poll_ready(cx));
+            match tokio::time::timeout(READY_WAIT, ready).await {
+                Ok(Ok(())) => {}
+                // Closed, or busy: another one (the request has not gone out).
+                _ if pooled => continue,
+                _ => return Err(Failed::Connect("the new connection closed at once".into())),
+            }
+            // The connection is reusable once the request body, too, is all sent: a
+            // backend may answer before reading it all.
+            let sent = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+            if !sent.load(Ordering::Relaxed) {
+                let flag = sent.clone();
+                req = req.map(|b| {
+                    http_body_util::BodyExt::boxed(SentBody {
+                        inner: b,
+                        sent: flag,
+                    })
+                });
             }
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -74,14 +94,22 @@ impl H1Pool {
                     let body = UpstreamBody {
                         inner: body,
                         done: false,
-                        back: keep.then(|| (self.clone(), addr, tx)),
+                        back: keep.then(|| Back {
+                            pool: self.clone(),
+                            addr,
+                            tx,
+                            sent,
+                        }),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection was closed by the backend meanwhile.
                     Some(r) if pooled => req = r,
-                    _ => return Err(Failed::Request(Box::new(e.into_error()))),
+                    // A new connection that closed before the request went out: a
+                    // connection failure, which may be retried elsewhere.
+                    Some(_) => return Err(Failed::Connect(Box::new(e.into_error()))),
+                    None => return Err(Failed::Request(Box::new(e.into_error()))),
                 },
             }
         }
@@ -103,8 +131,9 @@ impl H1Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Endpoints come from configuration; a bound on what departed ones leave behind.
-        if idle.len() > 4096 {
+        // Endpoints come from configuration; a bound on what departed ones leave behind
+        // (looked at only when a new endpoint would grow the map).
+        if idle.len() > 4096 && !idle.contains_key(&addr) {
             idle.retain(|_, l| l.iter().any(|c| !c.tx.is_closed()));
         }
         let list = idle.entry(addr).or_default();
@@ -161,7 +190,49 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Body>, Failed> {
 pub struct UpstreamBody {
     inner: Incoming,
     done: bool,
-    back: Option<(Arc<H1Pool>, SocketAddr, SendRequest<Body>)>,
+    back: Option<Back>,
+}
+
+/// Where a connection goes back to, and whether its request body was all sent.
+struct Back {
+    pool: Arc<H1Pool>,
+    addr: SocketAddr,
+    tx: SendRequest<Body>,
+    sent: Arc<AtomicBool>,
+}
+
+/// A request body that says when it has given its last frame.
+struct SentBody {
+    inner: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.sent.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.sent.store(true, Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl UpstreamBody {
@@ -201,11 +272,13 @@ impl hyper::body::Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // Only a body read to its end leaves the connection ready for another request.
-        if let Some((pool, addr, tx)) = self.back.take()
+        // Only an exchange over both ways (the response read to its end, the request
+        // body all given) leaves the connection ready for another request.
+        if let Some(back) = self.back.take()
             && (self.done || self.inner.is_end_stream())
+            && back.sent.load(Ordering::Relaxed)
         {
-            pool.checkin(addr, tx);
+            back.pool.checkin(back.addr, back.tx);
         }
     }
 }
@@ -321,6 +394,34 @@ mod tests {
             assert_eq!(read_all(r).await.0, 200);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 50);
+    }
+
+    /// A backend that answers before reading the request body (413, say) leaves the
+    /// connection busy sending it: it is not pooled, and the next request is not held up.
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_pooled() {
+        let (addr, accepted) = backend(OK).await;
+        let pool = Arc::new(H1Pool::default());
+        let endless = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "b")
+            .header("transfer-encoding", "chunked")
+            .body(http_body_util::BodyExt::boxed(endless))
+            .unwrap();
+        let r = pool.send(addr, req).await.ok().unwrap();
+        assert_eq!(read_all(r).await.0, 200);
+        assert_eq!(pool.idle_count(addr), 0);
+        let r = tokio::time::timeout(Duration::from_secs(1), pool.send(addr, get()))
+            .await
+            .expect("the next request is not held up")
+            .ok()
+            .unwrap();
+        assert_eq!(read_all(r).await.0, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

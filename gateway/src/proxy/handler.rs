@@ -679,9 +679,9 @@ fn request_filters<'r>(
                         "{}{query}",
                         rewrite_path(p, &entry.matcher.path, parts.uri.path())
                     );
-                    if let Ok(pq) = PathAndQuery::try_from(rewritten) {
-                        path_and_query = pq;
-                    }
+                    // (A rewrite that makes no valid path sends "/", never the original.)
+                    path_and_query = PathAndQuery::try_from(rewritten)
+                        .unwrap_or_else(|_| PathAndQuery::from_static("/"));
                 }
             }
             Filter::Mirror {
