@@ -45,7 +45,7 @@ const REFUSE: &[u8] = b"\x01\r\n\r\n";
 /// The longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Why a request's framing was refused; the access log's `error` reason.
+/// Why a request's framing was refused, as the debug log names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Violation {
     BareLf,
@@ -175,6 +175,11 @@ impl Scanner {
         }
     }
 
+    /// Whether the head of the current request is behind (a refusal now is its body's).
+    fn in_body(&self) -> bool {
+        !matches!(self.phase, Phase::RequestLine | Phase::Headers)
+    }
+
     fn line_phase(&self) -> bool {
         matches!(
             self.phase,
@@ -239,9 +244,7 @@ impl Scanner {
                             } else {
                                 Violation::LineTooLong
                             };
-                            let in_body =
-                                !matches!(self.phase, Phase::RequestLine | Phase::Headers);
-                            return Step::Refuse(at, v, in_body);
+                            return Step::Refuse(at, v, self.in_body());
                         }
                         self.line.extend_from_slice(rest);
                         return Step::Pass;
@@ -259,8 +262,7 @@ impl Scanner {
                         r
                     };
                     if let Err(v) = result {
-                        let in_body = !matches!(self.phase, Phase::RequestLine | Phase::Headers);
-                        return Step::Refuse(at + lf, v, in_body);
+                        return Step::Refuse(at + lf, v, self.in_body());
                     }
                     at += lf + 1;
                     if !self.line_phase()
@@ -496,11 +498,11 @@ impl<T> H1Guard<T> {
         link: Arc<Link>,
         metrics: Arc<Metrics>,
         peer: std::net::SocketAddr,
-        max_header_bytes: usize,
+        max_line: usize,
     ) -> Self {
         Self {
             inner,
-            scanner: Scanner::new(max_header_bytes),
+            scanner: Scanner::new(max_line),
             state: State::Open,
             held: Vec::new(),
             held_from: 0,

@@ -62,6 +62,17 @@ impl H1Pool {
         addr: SocketAddr,
         mut req: hyper::Request<Body>,
     ) -> Result<Response<UpstreamBody>, Failed> {
+        // The connection is reusable once the request body, too, is all sent (a backend
+        // may answer before reading it all). A request without a body has nothing to track.
+        let sent = (!req.body().is_end_stream()).then(|| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let body = std::mem::replace(req.body_mut(), super::empty());
+            *req.body_mut() = http_body_util::BodyExt::boxed(SentBody {
+                inner: body,
+                sent: flag.clone(),
+            });
+            flag
+        });
         loop {
             let (mut tx, pooled) = match self.checkout(addr) {
                 Some(tx) => (tx, true),
@@ -75,18 +86,6 @@ impl H1Pool {
                 _ if pooled => continue,
                 _ => return Err(Failed::Connect("the new connection closed at once".into())),
             }
-            // The connection is reusable once the request body, too, is all sent: a
-            // backend may answer before reading it all.
-            let sent = Arc::new(AtomicBool::new(req.body().is_end_stream()));
-            if !sent.load(Ordering::Relaxed) {
-                let flag = sent.clone();
-                req = req.map(|b| {
-                    http_body_util::BodyExt::boxed(SentBody {
-                        inner: b,
-                        sent: flag,
-                    })
-                });
-            }
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let keep = resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS;
@@ -98,7 +97,7 @@ impl H1Pool {
                             pool: self.clone(),
                             addr,
                             tx,
-                            sent,
+                            sent: sent.clone(),
                         }),
                     };
                     return Ok(Response::from_parts(parts, body));
@@ -193,12 +192,13 @@ pub struct UpstreamBody {
     back: Option<Back>,
 }
 
-/// Where a connection goes back to, and whether its request body was all sent.
+/// Where a connection goes back to, and whether its request body was all sent (`None`:
+/// the request had none).
 struct Back {
     pool: Arc<H1Pool>,
     addr: SocketAddr,
     tx: SendRequest<Body>,
-    sent: Arc<AtomicBool>,
+    sent: Option<Arc<AtomicBool>>,
 }
 
 /// A request body that says when it has given its last frame.
@@ -276,7 +276,7 @@ impl Drop for UpstreamBody {
         // body all given) leaves the connection ready for another request.
         if let Some(back) = self.back.take()
             && (self.done || self.inner.is_end_stream())
-            && back.sent.load(Ordering::Relaxed)
+            && back.sent.as_ref().is_none_or(|s| s.load(Ordering::Relaxed))
         {
             back.pool.checkin(back.addr, back.tx);
         }

@@ -9,7 +9,6 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU32, Ordering},
     },
-    time::Duration,
 };
 
 use hyper::Response;
@@ -18,7 +17,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::h1pool::{Failed, H1Pool, UpstreamBody};
+use super::h1pool::{
+    CONNECT_TIMEOUT, Failed, H1Pool, IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT, UpstreamBody,
+};
 use super::{Body, BoxError};
 use crate::ir::{BackendTls, Target, UpstreamTls};
 
@@ -50,7 +51,7 @@ impl Upstreams {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.enforce_http(true);
         let h1 = Arc::new(H1Pool::default());
         // Idle connections past their time are closed even if their endpoint is never
@@ -58,7 +59,7 @@ impl Upstreams {
         let weak = Arc::downgrade(&h1);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(super::h1pool::IDLE_TIMEOUT / 2);
+                let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
                 loop {
                     tick.tick().await;
                     let Some(pool) = weak.upgrade() else { break };
@@ -68,7 +69,7 @@ impl Upstreams {
         }
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
@@ -184,8 +185,8 @@ impl Upstreams {
             return Ok(c.clone());
         }
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(super::backend_tls::TlsConnector::new(tls)?);
