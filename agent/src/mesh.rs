@@ -62,7 +62,7 @@ impl Mesh {
         let mut slices = Vec::new();
         let mut policies = Vec::new();
         for s in store.iter() {
-            match s.object.as_ref() {
+            match &s.object {
                 Object::Namespace(n) => {
                     namespaces.insert(n.metadata.name.clone(), n);
                 }
@@ -85,8 +85,8 @@ impl Mesh {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "default".to_owned());
             let meshed = namespaces.get(&ns).is_some_and(|n| {
-                n.metadata.labels.get(MESH_LABEL).map(String::as_str) == Some("enabled")
-            }) && p.metadata.annotations.get(MESH_LABEL).map(String::as_str)
+                n.metadata.labels.get(MESH_LABEL) == Some("enabled")
+            }) && p.metadata.annotations.get(MESH_LABEL)
                 != Some("disabled")
                 && p.spec.host_network != Some(true);
             if meshed && let Some(pod_node) = &p.spec.node_name {
@@ -106,14 +106,14 @@ impl Mesh {
             let enroll = match namespaces.get(&ns) {
                 None => Err(format!("namespace {ns} not found")),
                 Some(n)
-                    if n.metadata.labels.get(MESH_LABEL).map(String::as_str) != Some("enabled") =>
+                    if n.metadata.labels.get(MESH_LABEL) != Some("enabled") =>
                 {
                     Err(format!(
                         "namespace {ns} is not labelled {MESH_LABEL}=enabled"
                     ))
                 }
                 Some(_)
-                    if p.metadata.annotations.get(MESH_LABEL).map(String::as_str)
+                    if p.metadata.annotations.get(MESH_LABEL)
                         == Some("disabled") =>
                 {
                     Err(format!("annotated {MESH_LABEL}: disabled"))
@@ -124,7 +124,7 @@ impl Mesh {
                 Some(_) => Ok(()),
             };
             let strict = namespaces.get(&ns).is_some_and(|n| {
-                n.metadata.labels.get(MTLS_LABEL).map(String::as_str) == Some("strict")
+                n.metadata.labels.get(MTLS_LABEL) == Some("strict")
             });
             out.pods.push(PodView {
                 namespace: ns,
@@ -132,7 +132,7 @@ impl Mesh {
                 uid: p.metadata.uid.clone().unwrap_or_default(),
                 ips: p.ips(),
                 service_account,
-                labels: p.metadata.labels.clone(),
+                labels: p.metadata.labels.to_map(),
                 strict,
                 enroll,
             });

@@ -367,7 +367,7 @@ fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
                 ObjKey::new(kind, m.ns(), &m.name),
                 status::Observed {
                     status: s.status.clone(),
-                    resource_version: s.resource_version.clone(),
+                    resource_version: s.resource_version.as_deref().map(str::to_owned),
                 },
             );
         }

@@ -187,7 +187,8 @@ pub struct RouteId {
 
 #[derive(Clone)]
 pub struct Rule {
-    pub route: RouteId,
+    /// Shared by every rule of the route attached through the same parent.
+    pub route: Arc<RouteId>,
     pub index: usize,
     pub name: Option<String>,
     pub filters: Vec<Filter>,
@@ -196,7 +197,8 @@ pub struct Rule {
     pub total_weight: u64,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
-    pub retry: Option<Retry>,
+    /// Boxed: few rules have one, and the rule lives as long as the snapshot.
+    pub retry: Option<Box<Retry>>,
     /// This rule's metric handles, looked up on its first request (label lookups are too
     /// costly to repeat on every request).
     pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>>,

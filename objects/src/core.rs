@@ -44,7 +44,7 @@ impl Namespace {
     /// The namespace's labels with `kubernetes.io/metadata.name`, which the API server
     /// always sets (a manifest may leave it out).
     pub fn labels_with_name(&self) -> BTreeMap<String, String> {
-        let mut l = self.metadata.labels.clone();
+        let mut l = self.metadata.labels.to_map();
         l.insert(
             "kubernetes.io/metadata.name".into(),
             self.metadata.name.clone(),
@@ -204,7 +204,6 @@ impl EndpointSlice {
         self.metadata
             .labels
             .get(SERVICE_NAME_LABEL)
-            .map(String::as_str)
     }
 }
 

@@ -43,10 +43,10 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
     /// From the API server; for manifest files the store starts it at 1 and bumps it when
     /// the spec changes, as the API server would.
     #[serde(default)]
@@ -65,9 +65,91 @@ impl ObjectMeta {
 
 pub use cedille_common::rfc3339;
 
+/// Labels or annotations: string pairs sorted by key, in one allocation. Most objects
+/// carry none or one (an EndpointSlice's `kubernetes.io/service-name`), and a `BTreeMap`
+/// would give even one pair a node with room for eleven (over 500 bytes per object).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// An owned map, for callers that add to it.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    /// Later pairs win over earlier ones with the same key, as in a map.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let map: BTreeMap<String, String> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `null` reads as empty, as the API server treats it.
+        let map = Option::<BTreeMap<String, String>>::deserialize(d)?;
+        Ok(map.unwrap_or_default().into_iter().collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_read_and_write_as_a_map() {
+        let l: Labels = serde_json::from_str(r#"{"b": "2", "a": "1", "c": ""}"#).unwrap();
+        assert_eq!(l.get("a"), Some("1"));
+        assert_eq!(l.get("b"), Some("2"));
+        assert_eq!(l.get("c"), Some(""));
+        assert_eq!(l.get("d"), None);
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"a":"1","b":"2","c":""}"#
+        );
+        let n: Labels = serde_json::from_str("null").unwrap();
+        assert!(n.is_empty());
+        let dup: Labels = [("k", "1"), ("k", "2")].into_iter().collect();
+        assert_eq!(dup.get("k"), Some("2"));
+        assert_eq!(dup.to_map().len(), 1);
+    }
 
     #[test]
     fn keys_display_like_kubectl_names() {

@@ -9,6 +9,7 @@
 //! get a sequence number in file order, which breaks ties between equal timestamps.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     ops::Bound,
     sync::Arc,
@@ -23,9 +24,13 @@ use crate::{
     meta::{ObjKey, rfc3339},
 };
 
+/// One object as the store holds it: a single shared record (the store's index, its
+/// source's list and translation caches all point at it, so an object costs one
+/// allocation, not a copy per place that knows it).
 #[derive(Debug)]
-pub struct Stored<C> {
-    pub object: Arc<C>,
+pub struct Stored<C: Catalog> {
+    pub key: ObjKey<C::Kind>,
+    pub object: C,
     /// Order of first appearance in manifest files; breaks creation-time ties. Zero for
     /// API objects, whose ties the spec breaks by namespace and name.
     pub seq: u64,
@@ -34,23 +39,10 @@ pub struct Stored<C> {
     /// The status the API server holds, for kinds whose status the binary writes.
     pub status: Option<Arc<Value>>,
     /// The API server's `resourceVersion` of what is stored (status writes change it).
-    pub resource_version: Option<String>,
+    pub resource_version: Option<Box<str>>,
     /// A digest of [`Catalog::spec_fingerprint`]: whether the spec changed is all the
     /// store asks of it, and a whole serialised spec per object would double its memory.
     fingerprint: u64,
-}
-
-impl<C> Clone for Stored<C> {
-    fn clone(&self) -> Self {
-        Self {
-            object: self.object.clone(),
-            seq: self.seq,
-            source: self.source.clone(),
-            status: self.status.clone(),
-            resource_version: self.resource_version.clone(),
-            fingerprint: self.fingerprint,
-        }
-    }
 }
 
 impl<C: Catalog> Stored<C> {
@@ -67,16 +59,45 @@ impl<C: Catalog> Stored<C> {
     }
 }
 
+/// An index entry: the record, ordered and found by its key.
 #[derive(Debug)]
-struct SourceState<K> {
-    keys: BTreeSet<ObjKey<K>>,
+struct Entry<C: Catalog>(Arc<Stored<C>>);
+
+impl<C: Catalog> PartialEq for Entry<C> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl<C: Catalog> Eq for Entry<C> {}
+impl<C: Catalog> PartialOrd for Entry<C> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<C: Catalog> Ord for Entry<C> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+impl<C: Catalog> Borrow<ObjKey<C::Kind>> for Entry<C> {
+    fn borrow(&self) -> &ObjKey<C::Kind> {
+        &self.0.key
+    }
+}
+
+#[derive(Debug)]
+struct SourceState<C: Catalog> {
+    /// What this source defines, in key order. Only this source changes these objects (a
+    /// key another source holds is refused as a conflict), so the list stays current
+    /// between two reads of the source.
+    objects: Vec<Arc<Stored<C>>>,
     errors: Vec<ManifestError>,
 }
 
-impl<K> Default for SourceState<K> {
+impl<C: Catalog> Default for SourceState<C> {
     fn default() -> Self {
         Self {
-            keys: BTreeSet::new(),
+            objects: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -84,8 +105,8 @@ impl<K> Default for SourceState<K> {
 
 #[derive(Debug)]
 pub struct Store<C: Catalog> {
-    objects: BTreeMap<ObjKey<C::Kind>, Stored<C>>,
-    sources: BTreeMap<String, SourceState<C::Kind>>,
+    objects: BTreeSet<Entry<C>>,
+    sources: BTreeMap<String, SourceState<C>>,
     next_seq: u64,
     status_epoch: u64,
     /// Per kind, how many changes its objects have seen (translation caches key on them).
@@ -95,7 +116,7 @@ pub struct Store<C: Catalog> {
 impl<C: Catalog> Default for Store<C> {
     fn default() -> Self {
         Self {
-            objects: BTreeMap::new(),
+            objects: BTreeSet::new(),
             sources: BTreeMap::new(),
             next_seq: 0,
             status_epoch: 0,
@@ -109,28 +130,27 @@ impl<C: Catalog> Store<C> {
         Self::default()
     }
 
-    pub fn get(&self, key: &ObjKey<C::Kind>) -> Option<&Stored<C>> {
-        self.objects.get(key)
+    pub fn get(&self, key: &ObjKey<C::Kind>) -> Option<&Arc<Stored<C>>> {
+        self.objects.get(key).map(|e| &e.0)
     }
 
     pub fn get_obj(&self, kind: C::Kind, namespace: &str, name: &str) -> Option<&C> {
-        self.objects
-            .get(&ObjKey::new(kind, namespace, name))
-            .map(|s| s.object.as_ref())
+        self.get(&ObjKey::new(kind, namespace, name))
+            .map(|s| &s.object)
     }
 
     /// Objects of one kind, in key order.
-    pub fn kind(&self, kind: C::Kind) -> impl Iterator<Item = &Stored<C>> {
+    pub fn kind(&self, kind: C::Kind) -> impl Iterator<Item = &Arc<Stored<C>>> {
         let start = ObjKey::new(kind, "", "");
         self.objects
-            .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, v)| v)
+            .range::<ObjKey<C::Kind>, _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(move |e| e.0.key.kind == kind)
+            .map(|e| &e.0)
     }
 
     /// Every object, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = &Stored<C>> {
-        self.objects.values()
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Stored<C>>> {
+        self.objects.iter().map(|e| &e.0)
     }
 
     pub fn len(&self) -> usize {
@@ -178,14 +198,16 @@ impl<C: Catalog> Store<C> {
             // Keep everything the source defined before: we cannot tell what it means now.
             return changed;
         }
-        let old_keys = std::mem::take(&mut state.keys);
-        let mut new_keys = BTreeSet::new();
+        let old = std::mem::take(&mut state.objects);
+        let defined_before =
+            |k: &ObjKey<C::Kind>| old.binary_search_by(|s| s.key.cmp(k)).is_ok();
+        let mut keys = BTreeSet::new();
         // Invalid documents keep their object's last good version, if this source had one.
         for (key, _) in &parsed.errors {
             if let Some(k) = key
-                && old_keys.contains(k)
+                && defined_before(k)
             {
-                new_keys.insert(k.clone());
+                keys.insert(k.clone());
             }
         }
         let mut conflicts = Vec::new();
@@ -193,7 +215,8 @@ impl<C: Catalog> Store<C> {
         for decoded in parsed.objects {
             let mut object = decoded.object;
             let key = ObjKey::new(object.kind(), object.meta().ns(), &object.meta().name);
-            if let Some(existing) = self.objects.get(&key)
+            let existing = self.get(&key).cloned();
+            if let Some(existing) = &existing
                 && &*existing.source != source
             {
                 conflicts.push(ManifestError {
@@ -208,7 +231,7 @@ impl<C: Catalog> Store<C> {
                 });
                 continue;
             }
-            if !new_keys.insert(key.clone()) {
+            if keys.contains(&key) {
                 conflicts.push(ManifestError {
                     file: source.to_owned(),
                     document: 0,
@@ -219,11 +242,10 @@ impl<C: Catalog> Store<C> {
                 continue;
             }
             let fingerprint = digest(&object.spec_fingerprint());
-            let old = self.objects.get(&key);
             let seq = if parsed.from_api {
                 0
             } else {
-                match old {
+                match &existing {
                     Some(old) => {
                         let g = old.object.meta().generation;
                         let g = if old.fingerprint == fingerprint {
@@ -250,42 +272,61 @@ impl<C: Catalog> Store<C> {
                     }
                 }
             };
-            match self.objects.get_mut(&key) {
-                Some(old) if *old.object == object => {
+            let resource_version = decoded.resource_version.map(String::into_boxed_str);
+            let record = match existing {
+                Some(old) if old.object == object => {
                     // Same object: only what the API server keeps beside it may move.
-                    if old.status != decoded.status {
-                        old.status = decoded.status;
-                        self.status_epoch += 1;
+                    if old.status == decoded.status && old.resource_version == resource_version {
+                        None
+                    } else {
+                        if old.status != decoded.status {
+                            self.status_epoch += 1;
+                        }
+                        Some(Stored {
+                            key: key.clone(),
+                            object,
+                            seq: old.seq,
+                            source: old.source.clone(),
+                            status: decoded.status,
+                            resource_version,
+                            fingerprint: old.fingerprint,
+                        })
                     }
-                    old.resource_version = decoded.resource_version;
                 }
                 _ => {
-                    self.objects.insert(
-                        key.clone(),
-                        Stored {
-                            object: Arc::new(object),
-                            seq,
-                            source: shared_source.clone(),
-                            status: decoded.status,
-                            resource_version: decoded.resource_version,
-                            fingerprint,
-                        },
-                    );
-                    changed.push(key);
+                    changed.push(key.clone());
+                    Some(Stored {
+                        key: key.clone(),
+                        object,
+                        seq,
+                        source: shared_source.clone(),
+                        status: decoded.status,
+                        resource_version,
+                        fingerprint,
+                    })
                 }
+            };
+            if let Some(record) = record {
+                self.objects.replace(Entry(Arc::new(record)));
+            }
+            keys.insert(key);
+        }
+        for gone in old.iter().filter(|s| !keys.contains(&s.key)) {
+            if self.get(&gone.key).is_some_and(|s| &*s.source == source) {
+                self.objects.remove(&gone.key);
+                changed.push(gone.key.clone());
             }
         }
-        for gone in old_keys.difference(&new_keys) {
-            if self.objects.get(gone).is_some_and(|s| &*s.source == source) {
-                self.objects.remove(gone);
-                changed.push(gone.clone());
-            }
-        }
+        drop(old);
         for key in &changed {
             *self.kind_epochs.entry(key.kind).or_default() += 1;
         }
+        let objects: Vec<_> = keys
+            .iter()
+            .filter_map(|k| self.get(k).filter(|s| &*s.source == source).cloned())
+            .collect();
         let state = self.sources.get_mut(source).expect("inserted above");
-        state.keys = new_keys;
+        state.objects = objects;
         state.errors.extend(conflicts);
         changed
     }

@@ -123,7 +123,7 @@ fn invalid_update_keeps_last_good_version_and_reports() {
     apply(&mut s, "a", &cm("c", "a"));
     assert!(apply(&mut s, "a", &cm("c", "invalid")).is_empty());
     let kept = s.get(&key("c")).expect("last good version kept");
-    assert!(matches!(kept.object.as_ref(), Obj::ConfigMap(c) if c.data.contains_key("a")));
+    assert!(matches!(&kept.object, Obj::ConfigMap(c) if c.data.contains_key("a")));
     let errors = s.errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].field.as_deref(), Some("data.invalid"));

@@ -116,7 +116,7 @@ pub fn referenced_config_maps(store: &Store) -> BTreeSet<(String, String)> {
         }
     };
     for s in store.kind(Kind::Gateway) {
-        let Object::Gateway(g) = s.object.as_ref() else {
+        let Object::Gateway(g) = &s.object else {
             continue;
         };
         let Some(front) = g.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
@@ -133,7 +133,7 @@ pub fn referenced_config_maps(store: &Store) -> BTreeSet<(String, String)> {
         }
     }
     for s in store.kind(Kind::BackendTlsPolicy) {
-        if let Object::BackendTlsPolicy(p) = s.object.as_ref() {
+        if let Object::BackendTlsPolicy(p) = &s.object {
             for r in &p.spec.validation.ca_certificate_refs {
                 add(p.metadata.ns(), r);
             }

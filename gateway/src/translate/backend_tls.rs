@@ -26,7 +26,7 @@ pub(crate) fn index(ctx: &Ctx<'_>) -> (PolicyIndex, Vec<(String, String, i64, Co
     let mut policies: Vec<_> = ctx
         .store
         .kind(Kind::BackendTlsPolicy)
-        .filter_map(|s| match s.object.as_ref() {
+        .filter_map(|s| match &s.object {
             Object::BackendTlsPolicy(p) => Some((s.age_key(), p)),
             _ => None,
         })
@@ -181,7 +181,7 @@ pub(crate) fn statuses(
     // Services each Gateway routes to.
     let mut uses: Vec<((String, String), (String, String))> = Vec::new();
     for s in ctx.store.kind(Kind::HttpRoute) {
-        let Object::HttpRoute(r) = s.object.as_ref() else {
+        let Object::HttpRoute(r) = &s.object else {
             continue;
         };
         let rns = r.metadata.ns();

@@ -29,7 +29,7 @@ impl SliceIndex {
         }
         let mut by_service: HashMap<String, Vec<String>, _> = HashMap::default();
         for s in store.kind(Kind::EndpointSlice) {
-            if let Object::EndpointSlice(es) = s.object.as_ref()
+            if let Object::EndpointSlice(es) = &s.object
                 && let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL)
             {
                 by_service
@@ -37,6 +37,9 @@ impl SliceIndex {
                     .or_default()
                     .push(es.metadata.name.clone());
             }
+        }
+        for names in by_service.values_mut() {
+            names.shrink_to_fit();
         }
         SliceIndex { epoch, by_service }
     }
@@ -161,5 +164,7 @@ fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<Socke
             }
         }
     }
+    // Kept as long as the snapshot: no growth slack.
+    out.shrink_to_fit();
     out
 }

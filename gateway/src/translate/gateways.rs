@@ -53,7 +53,7 @@ pub(crate) struct Gateways<'a> {
 pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
     let mut classes = BTreeMap::new();
     for stored in ctx.store.kind(Kind::GatewayClass) {
-        let Object::GatewayClass(c) = stored.object.as_ref() else {
+        let Object::GatewayClass(c) = &stored.object else {
             continue;
         };
         if c.spec.controller_name != CONTROLLER_NAME {
@@ -113,7 +113,7 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
 
     let mut gateways = BTreeMap::new();
     for stored in ctx.store.kind(Kind::Gateway) {
-        let Object::Gateway(g) = stored.object.as_ref() else {
+        let Object::Gateway(g) = &stored.object else {
             continue;
         };
         if !classes.contains_key(&g.spec.gateway_class_name) {

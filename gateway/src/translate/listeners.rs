@@ -301,7 +301,7 @@ pub(super) fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
     let mut sets: Vec<_> = ctx
         .store
         .kind(Kind::ListenerSet)
-        .filter_map(|stored| match stored.object.as_ref() {
+        .filter_map(|stored| match &stored.object {
             Object::ListenerSet(ls) => Some((stored.age_key(), ls)),
             _ => None,
         })

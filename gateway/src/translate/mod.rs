@@ -110,7 +110,7 @@ impl<'a> Ctx<'a> {
     ) -> Self {
         let grants = store
             .kind(Kind::ReferenceGrant)
-            .filter_map(|s| match s.object.as_ref() {
+            .filter_map(|s| match &s.object {
                 Object::ReferenceGrant(g) => Some(g),
                 _ => None,
             })
@@ -157,7 +157,7 @@ impl<'a> Ctx<'a> {
     /// A namespace's labels, with `kubernetes.io/metadata.name` as the API server sets it.
     pub fn namespace_labels(&self, ns: &str) -> std::collections::BTreeMap<String, String> {
         let mut labels = match self.store.get_obj(Kind::Namespace, "", ns) {
-            Some(Object::Namespace(n)) => n.metadata.labels.clone(),
+            Some(Object::Namespace(n)) => n.metadata.labels.to_map(),
             _ => Default::default(),
         };
         labels.insert("kubernetes.io/metadata.name".into(), ns.to_owned());

@@ -25,14 +25,21 @@ use crate::{
         ValueMatch,
     },
     model::{CONTROLLER_NAME, GATEWAY_GROUP, Kind, Object, gwapi},
+    store::Stored,
 };
 
 /// A route's rules as attached through one parent Gateway.
 pub(crate) struct BuiltRoute {
-    age: (String, u64),
-    namespace: String,
-    name: String,
+    /// The route as stored, for its age (precedence between routes).
+    stored: Arc<Stored>,
+    route: Arc<RouteId>,
     rules: Vec<(Arc<Rule>, Vec<Arc<Matcher>>)>,
+}
+
+impl BuiltRoute {
+    fn age(&self) -> (&str, u64) {
+        self.stored.age_key()
+    }
 }
 
 pub(crate) struct RouteResult {
@@ -47,15 +54,18 @@ pub(crate) struct RouteResult {
 pub(crate) struct Cache {
     /// The epochs of every kind but routes, and the environment, when `routes` was filled.
     deps: (Vec<u64>, String),
-    /// By the address of the route object they were made from (held, so not reused).
+    /// By the address of the stored route they were made from (held, so not reused).
     routes: HashMap<usize, Outcome, foldhash::fast::RandomState>,
     /// Grows by one per translation; outcomes not used by the last one are dropped.
     pass: u64,
+    /// Parents as route statuses name them (defaults filled in), one copy each: thousands
+    /// of routes usually share a handful of parents.
+    parents: HashMap<gwapi::ParentReference, Arc<gwapi::ParentReference>, foldhash::fast::RandomState>,
 }
 
 struct Outcome {
     /// Held so that its address, the key, is not reused while the outcome is cached.
-    _object: Arc<Object>,
+    _object: Arc<Stored>,
     attachments: Vec<Attachment>,
     /// `namespace/name`, and the status.
     status: Option<(Arc<str>, Arc<Entry<RouteStatus>>)>,
@@ -94,11 +104,11 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     let mut translated = 0usize;
     let mut statuses = BTreeMap::new();
     for stored in ctx.store.kind(Kind::HttpRoute) {
-        let Object::HttpRoute(route) = stored.object.as_ref() else {
+        let Object::HttpRoute(route) = &stored.object else {
             continue;
         };
         let ns = route.metadata.ns();
-        let key = Arc::as_ptr(&stored.object) as usize;
+        let key = Arc::as_ptr(stored) as usize;
         if let Some(o) = cache.routes.get_mut(&key) {
             o.pass = pass;
             for a in &o.attachments {
@@ -153,7 +163,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                         gateway: &gw_key,
                         owner: owner.as_ref(),
                         checked: c,
-                        age: stored.age_key(),
+                        stored,
                     };
                     attach(ctx, route, pref, gw, at, &mut attachments)
                 }
@@ -171,6 +181,14 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             parent_ref.group = Some(GATEWAY_GROUP.to_owned());
             parent_ref.kind = Some(kind.to_owned());
             parent_ref.namespace = Some(parent_ns.to_owned());
+            let parent_ref = match cache.parents.get(&parent_ref) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = Arc::new(parent_ref.clone());
+                    cache.parents.insert(parent_ref, shared.clone());
+                    shared
+                }
+            };
             let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
@@ -201,7 +219,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             (k, st)
         });
         let outcome = Outcome {
-            _object: stored.object.clone(),
+            _object: stored.clone(),
             attachments,
             status,
             pass,
@@ -210,6 +228,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     }
     // Routes gone or changed since: their outcomes go (and with them their objects).
     cache.routes.retain(|_, o| o.pass == pass);
+    cache.parents.retain(|_, p| Arc::strong_count(p) > 1);
     tracing::debug!(
         translated,
         "translation: routes translated (the others reused)"
@@ -222,7 +241,8 @@ struct Attach<'a> {
     gateway: &'a (String, String),
     owner: Option<&'a (String, String)>,
     checked: &'a Checked,
-    age: (&'a str, u64),
+    /// The route as stored (its creation order ranks it against others).
+    stored: &'a Arc<Stored>,
 }
 
 /// Attaches the route to the listeners `pref` selects. `Err` carries the Accepted reason.
@@ -238,7 +258,7 @@ fn attach(
         gateway,
         owner,
         checked,
-        age,
+        stored,
     } = at;
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
@@ -275,16 +295,15 @@ fn attach(
         Some((ns, name)) => (ns.clone(), name.clone()),
         None => (gw.namespace.clone(), gw.name.clone()),
     };
-    let parent = RouteId {
+    let parent = Arc::new(RouteId {
         namespace: route_ns.to_owned(),
         name: route.metadata.name.clone(),
         parent_namespace,
         parent_name,
-    };
+    });
     let built = Arc::new(BuiltRoute {
-        age: (age.0.to_owned(), age.1),
-        namespace: route_ns.to_owned(),
-        name: route.metadata.name.clone(),
+        stored: stored.clone(),
+        route: parent.clone(),
         rules: checked
             .rules
             .iter()
@@ -380,6 +399,12 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
     let ns = route.metadata.ns();
     let mut unresolved = None;
     let mut rules = Vec::new();
+    let unattached = Arc::new(RouteId {
+        namespace: ns.to_owned(),
+        name: route.metadata.name.clone(),
+        parent_namespace: String::new(),
+        parent_name: String::new(),
+    });
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = |f: &str| format!("spec.rules[{ri}].{f}");
         let default_match = [gwapi::HttpRouteMatch::default()];
@@ -419,7 +444,8 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
         let total_weight = backends_out.iter().map(|b| u64::from(b.weight)).sum();
         let timeout =
             |v: Option<&String>| v.and_then(|s| duration::parse(s)).filter(|d| !d.is_zero());
-        let retry = rule.retry.as_ref().map(|r| ir::Retry {
+        let retry = rule.retry.as_ref().map(|r| {
+            Box::new(ir::Retry {
             codes: r.codes.clone(),
             attempts: r.attempts.unwrap_or(1).max(0) as u32,
             backoff: r
@@ -427,14 +453,11 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
                 .as_deref()
                 .and_then(duration::parse)
                 .unwrap_or(Duration::from_millis(25)),
+            })
         });
         let rule_ir = Rule {
-            route: RouteId {
-                namespace: ns.to_owned(),
-                name: route.metadata.name.clone(),
-                parent_namespace: String::new(),
-                parent_name: String::new(),
-            },
+            // Set when the route attaches to a parent.
+            route: unattached.clone(),
             index: ri,
             name: rule.name.clone(),
             filters: rule_filters,
@@ -497,6 +520,9 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
         }
         query.push((q.name.clone(), value_match(q)?));
     }
+    // Matchers live as long as their route: no growth slack.
+    headers.shrink_to_fit();
+    query.shrink_to_fit();
     Ok(Matcher {
         path,
         method,
@@ -665,9 +691,9 @@ pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
                     u8::from(m.method.is_none()),
                     Reverse(m.headers.len()),
                     Reverse(m.query.len()),
-                    (r.age.0.as_str(), r.age.1),
-                    r.namespace.as_str(),
-                    r.name.as_str(),
+                    r.age(),
+                    r.route.namespace.as_str(),
+                    r.route.name.as_str(),
                     ri,
                     mi,
                 );

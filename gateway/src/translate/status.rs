@@ -136,7 +136,8 @@ pub struct RouteStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
-    pub parent_ref: ParentReference,
+    /// Shared by every route status naming the same parent.
+    pub parent_ref: Arc<ParentReference>,
     pub controller_name: &'static str,
     pub conditions: Vec<Condition>,
 }
