@@ -84,10 +84,10 @@ impl Mesh {
                 .clone()
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "default".to_owned());
-            let meshed = namespaces.get(&ns).is_some_and(|n| {
-                n.metadata.labels.get(MESH_LABEL) == Some("enabled")
-            }) && p.metadata.annotations.get(MESH_LABEL)
-                != Some("disabled")
+            let meshed = namespaces
+                .get(&ns)
+                .is_some_and(|n| n.metadata.labels.get(MESH_LABEL) == Some("enabled"))
+                && p.metadata.annotations.get(MESH_LABEL) != Some("disabled")
                 && p.spec.host_network != Some(true);
             if meshed && let Some(pod_node) = &p.spec.node_name {
                 let w = Arc::new(Workload {
@@ -105,17 +105,10 @@ impl Mesh {
             }
             let enroll = match namespaces.get(&ns) {
                 None => Err(format!("namespace {ns} not found")),
-                Some(n)
-                    if n.metadata.labels.get(MESH_LABEL) != Some("enabled") =>
-                {
-                    Err(format!(
-                        "namespace {ns} is not labelled {MESH_LABEL}=enabled"
-                    ))
-                }
-                Some(_)
-                    if p.metadata.annotations.get(MESH_LABEL)
-                        == Some("disabled") =>
-                {
+                Some(n) if n.metadata.labels.get(MESH_LABEL) != Some("enabled") => Err(format!(
+                    "namespace {ns} is not labelled {MESH_LABEL}=enabled"
+                )),
+                Some(_) if p.metadata.annotations.get(MESH_LABEL) == Some("disabled") => {
                     Err(format!("annotated {MESH_LABEL}: disabled"))
                 }
                 Some(_) if p.spec.host_network == Some(true) => {
@@ -123,13 +116,13 @@ impl Mesh {
                 }
                 Some(_) => Ok(()),
             };
-            let strict = namespaces.get(&ns).is_some_and(|n| {
-                n.metadata.labels.get(MTLS_LABEL) == Some("strict")
-            });
+            let strict = namespaces
+                .get(&ns)
+                .is_some_and(|n| n.metadata.labels.get(MTLS_LABEL) == Some("strict"));
             out.pods.push(PodView {
                 namespace: ns,
                 name: p.metadata.name.clone(),
-                uid: p.metadata.uid.clone().unwrap_or_default(),
+                uid: p.metadata.uid.as_deref().unwrap_or_default().to_owned(),
                 ips: p.ips(),
                 service_account,
                 labels: p.metadata.labels.to_map(),

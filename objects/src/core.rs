@@ -201,9 +201,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 impl EndpointSlice {
     /// The Service this slice belongs to, from its `kubernetes.io/service-name` label.
     pub fn service_name(&self) -> Option<&str> {
-        self.metadata
-            .labels
-            .get(SERVICE_NAME_LABEL)
+        self.metadata.labels.get(SERVICE_NAME_LABEL)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Object identity and metadata, shared by every kind.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,7 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
+    pub uid: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
@@ -54,7 +54,8 @@ pub struct ObjectMeta {
     /// RFC 3339. From the API server, or from the manifest, or set by the store when a
     /// manifest object first appears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
+    /// Shared: the objects a store reads in one pass all get the same one.
+    pub creation_timestamp: Option<Arc<str>>,
 }
 
 impl ObjectMeta {

@@ -29,7 +29,6 @@ use crate::{
 /// allocation, not a copy per place that knows it).
 #[derive(Debug)]
 pub struct Stored<C: Catalog> {
-    pub key: ObjKey<C::Kind>,
     pub object: C,
     /// Order of first appearance in manifest files; breaks creation-time ties. Zero for
     /// API objects, whose ties the spec breaks by namespace and name.
@@ -46,6 +45,11 @@ pub struct Stored<C: Catalog> {
 }
 
 impl<C: Catalog> Stored<C> {
+    pub fn key(&self) -> ObjKey<C::Kind> {
+        let meta = self.object.meta();
+        ObjKey::new(self.object.kind(), meta.ns(), &meta.name)
+    }
+
     /// The order used for "oldest first" precedence.
     pub fn age_key(&self) -> (&str, u64) {
         (
@@ -59,13 +63,49 @@ impl<C: Catalog> Stored<C> {
     }
 }
 
-/// An index entry: the record, ordered and found by its key.
+/// An index entry: the record, ordered and found by its key, which it reads from the
+/// object itself (a separate key would copy the namespace and name of every object).
 #[derive(Debug)]
 struct Entry<C: Catalog>(Arc<Stored<C>>);
 
+/// A key, whether owned ([`ObjKey`]) or read from a stored object, so that the index can
+/// be searched with either.
+trait KeyView<K> {
+    fn view(&self) -> (K, &str, &str);
+}
+
+impl<K: Copy> KeyView<K> for ObjKey<K> {
+    fn view(&self) -> (K, &str, &str) {
+        (self.kind, &self.namespace, &self.name)
+    }
+}
+
+impl<C: Catalog> KeyView<C::Kind> for Entry<C> {
+    fn view(&self) -> (C::Kind, &str, &str) {
+        Entry::view_of(&self.0)
+    }
+}
+
+impl<K: Ord> PartialEq for dyn KeyView<K> + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+impl<K: Ord> Eq for dyn KeyView<K> + '_ {}
+impl<K: Ord> PartialOrd for dyn KeyView<K> + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K: Ord> Ord for dyn KeyView<K> + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.view().cmp(&other.view())
+    }
+}
+
 impl<C: Catalog> PartialEq for Entry<C> {
     fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
+        self.view() == other.view()
     }
 }
 impl<C: Catalog> Eq for Entry<C> {}
@@ -76,12 +116,19 @@ impl<C: Catalog> PartialOrd for Entry<C> {
 }
 impl<C: Catalog> Ord for Entry<C> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.key.cmp(&other.0.key)
+        self.view().cmp(&other.view())
     }
 }
-impl<C: Catalog> Borrow<ObjKey<C::Kind>> for Entry<C> {
-    fn borrow(&self) -> &ObjKey<C::Kind> {
-        &self.0.key
+impl<C: Catalog> Entry<C> {
+    fn view_of(s: &Stored<C>) -> (C::Kind, &str, &str) {
+        let meta = s.object.meta();
+        (s.object.kind(), meta.ns(), &meta.name)
+    }
+}
+
+impl<'a, C: Catalog> Borrow<dyn KeyView<C::Kind> + 'a> for Entry<C> {
+    fn borrow(&self) -> &(dyn KeyView<C::Kind> + 'a) {
+        self
     }
 }
 
@@ -131,7 +178,7 @@ impl<C: Catalog> Store<C> {
     }
 
     pub fn get(&self, key: &ObjKey<C::Kind>) -> Option<&Arc<Stored<C>>> {
-        self.objects.get(key).map(|e| &e.0)
+        self.objects.get(key as &dyn KeyView<C::Kind>).map(|e| &e.0)
     }
 
     pub fn get_obj(&self, kind: C::Kind, namespace: &str, name: &str) -> Option<&C> {
@@ -143,8 +190,11 @@ impl<C: Catalog> Store<C> {
     pub fn kind(&self, kind: C::Kind) -> impl Iterator<Item = &Arc<Stored<C>>> {
         let start = ObjKey::new(kind, "", "");
         self.objects
-            .range::<ObjKey<C::Kind>, _>((Bound::Included(start), Bound::Unbounded))
-            .take_while(move |e| e.0.key.kind == kind)
+            .range::<dyn KeyView<C::Kind>, _>((
+                Bound::Included(&start as &dyn KeyView<C::Kind>),
+                Bound::Unbounded,
+            ))
+            .take_while(move |e| e.0.object.kind() == kind)
             .map(|e| &e.0)
     }
 
@@ -190,7 +240,7 @@ impl<C: Catalog> Store<C> {
     /// Replaces what `source` defines with the parse result. Returns the keys whose object
     /// changed (status-only changes are not included: see [`Store::status_epoch`]).
     pub fn apply_source(&mut self, source: &str, parsed: Parsed<C>) -> Vec<ObjKey<C::Kind>> {
-        let now = rfc3339(SystemTime::now());
+        let now: Arc<str> = Arc::from(rfc3339(SystemTime::now()));
         let mut changed = Vec::new();
         let state = self.sources.entry(source.to_owned()).or_default();
         state.errors = parsed.errors.iter().map(|(_, e)| e.clone()).collect();
@@ -199,8 +249,10 @@ impl<C: Catalog> Store<C> {
             return changed;
         }
         let old = std::mem::take(&mut state.objects);
-        let defined_before =
-            |k: &ObjKey<C::Kind>| old.binary_search_by(|s| s.key.cmp(k)).is_ok();
+        let defined_before = |k: &ObjKey<C::Kind>| {
+            old.binary_search_by(|s| Entry::view_of(s).cmp(&k.view()))
+                .is_ok()
+        };
         let mut keys = BTreeSet::new();
         // Invalid documents keep their object's last good version, if this source had one.
         for (key, _) in &parsed.errors {
@@ -283,7 +335,6 @@ impl<C: Catalog> Store<C> {
                             self.status_epoch += 1;
                         }
                         Some(Stored {
-                            key: key.clone(),
                             object,
                             seq: old.seq,
                             source: old.source.clone(),
@@ -296,7 +347,6 @@ impl<C: Catalog> Store<C> {
                 _ => {
                     changed.push(key.clone());
                     Some(Stored {
-                        key: key.clone(),
                         object,
                         seq,
                         source: shared_source.clone(),
@@ -311,10 +361,10 @@ impl<C: Catalog> Store<C> {
             }
             keys.insert(key);
         }
-        for gone in old.iter().filter(|s| !keys.contains(&s.key)) {
-            if self.get(&gone.key).is_some_and(|s| &*s.source == source) {
-                self.objects.remove(&gone.key);
-                changed.push(gone.key.clone());
+        for gone in old.iter().map(|s| s.key()).filter(|k| !keys.contains(k)) {
+            if self.get(&gone).is_some_and(|s| &*s.source == source) {
+                self.objects.remove(&gone as &dyn KeyView<C::Kind>);
+                changed.push(gone);
             }
         }
         drop(old);

@@ -150,24 +150,3 @@ impl cedille_objects::Catalog for Object {
         Object::spec_fingerprint(self)
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use super::*;
-        eprintln!("Object {}", std::mem::size_of::<Object>());
-        eprintln!("meta {}", std::mem::size_of::<ObjectMeta>());
-        eprintln!("GatewayClass {}", std::mem::size_of::<gwapi::GatewayClass>());
-        eprintln!("HttpRoute {}", std::mem::size_of::<gwapi::HttpRoute>());
-        eprintln!("ReferenceGrant {}", std::mem::size_of::<gwapi::ReferenceGrant>());
-        eprintln!("ListenerSet {}", std::mem::size_of::<gwapi::ListenerSet>());
-        eprintln!("BackendTlsPolicy {}", std::mem::size_of::<gwapi::BackendTlsPolicy>());
-        eprintln!("Secret {}", std::mem::size_of::<core::Secret>());
-        eprintln!("ConfigMap {}", std::mem::size_of::<core::ConfigMap>());
-        eprintln!("Service {}", std::mem::size_of::<core::Service>());
-        eprintln!("EndpointSlice {}", std::mem::size_of::<core::EndpointSlice>());
-        eprintln!("Namespace {}", std::mem::size_of::<core::Namespace>());
-        eprintln!("Stored {}", std::mem::size_of::<crate::store::Stored>());
-        eprintln!("ObjKey {}", std::mem::size_of::<ObjKey>());
-    }
-}

@@ -4,7 +4,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -58,9 +58,32 @@ pub(crate) struct Cache {
     routes: HashMap<usize, Outcome, foldhash::fast::RandomState>,
     /// Grows by one per translation; outcomes not used by the last one are dropped.
     pass: u64,
-    /// Parents as route statuses name them (defaults filled in), one copy each: thousands
-    /// of routes usually share a handful of parents.
-    parents: HashMap<gwapi::ParentReference, Arc<gwapi::ParentReference>, foldhash::fast::RandomState>,
+    /// What thousands of routes usually share a handful of, one copy each: parents as
+    /// route statuses name them (defaults filled in), Gateways, hostnames.
+    shared: Shared,
+}
+
+#[derive(Default)]
+struct Shared {
+    parents: Interner<gwapi::ParentReference>,
+    gateways: Interner<(String, String)>,
+    hosts: Interner<str>,
+}
+
+type Interner<T> = HashSet<Arc<T>, foldhash::fast::RandomState>;
+
+/// The shared copy of `value`, made by `make` the first time.
+fn intern<T: ?Sized + Eq + std::hash::Hash>(
+    set: &mut Interner<T>,
+    value: &T,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    if let Some(shared) = set.get(value) {
+        return shared.clone();
+    }
+    let shared = make();
+    set.insert(shared.clone());
+    shared
 }
 
 struct Outcome {
@@ -74,7 +97,7 @@ struct Outcome {
 
 /// A route's rules bound to one listener, under the hostnames they share.
 struct Attachment {
-    gateway: (String, String),
+    gateway: Arc<(String, String)>,
     listener: usize,
     hosts: Vec<Option<Arc<str>>>,
     built: Arc<BuiltRoute>,
@@ -160,7 +183,10 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 Err(msg) => Err(("UnsupportedValue", msg.clone())),
                 Ok(c) => {
                     let at = Attach {
-                        gateway: &gw_key,
+                        gateway: intern(&mut cache.shared.gateways, &gw_key, || {
+                            Arc::new(gw_key.clone())
+                        }),
+                        hosts: &mut cache.shared.hosts,
                         owner: owner.as_ref(),
                         checked: c,
                         stored,
@@ -181,14 +207,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             parent_ref.group = Some(GATEWAY_GROUP.to_owned());
             parent_ref.kind = Some(kind.to_owned());
             parent_ref.namespace = Some(parent_ns.to_owned());
-            let parent_ref = match cache.parents.get(&parent_ref) {
-                Some(shared) => shared.clone(),
-                None => {
-                    let shared = Arc::new(parent_ref.clone());
-                    cache.parents.insert(parent_ref, shared.clone());
-                    shared
-                }
-            };
+            let parent_ref = intern(&mut cache.shared.parents, &parent_ref, || {
+                Arc::new(parent_ref.clone())
+            });
             let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
@@ -228,7 +249,10 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     }
     // Routes gone or changed since: their outcomes go (and with them their objects).
     cache.routes.retain(|_, o| o.pass == pass);
-    cache.parents.retain(|_, p| Arc::strong_count(p) > 1);
+    let shared = &mut cache.shared;
+    shared.parents.retain(|p| Arc::strong_count(p) > 1);
+    shared.gateways.retain(|g| Arc::strong_count(g) > 1);
+    shared.hosts.retain(|h| Arc::strong_count(h) > 1);
     tracing::debug!(
         translated,
         "translation: routes translated (the others reused)"
@@ -238,7 +262,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
 
 /// Where a route is being attached, and what it brings.
 struct Attach<'a> {
-    gateway: &'a (String, String),
+    gateway: Arc<(String, String)>,
+    hosts: &'a mut Interner<str>,
     owner: Option<&'a (String, String)>,
     checked: &'a Checked,
     /// The route as stored (its creation order ranks it against others).
@@ -259,6 +284,7 @@ fn attach(
         owner,
         checked,
         stored,
+        hosts: shared_hosts,
     } = at;
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
@@ -325,7 +351,10 @@ fn attach(
         }
         attached_any = true;
         l.attached_routes += 1;
-        let hosts: Vec<Option<Arc<str>>> = hosts.into_iter().map(|h| h.map(Arc::from)).collect();
+        let hosts: Vec<Option<Arc<str>>> = hosts
+            .into_iter()
+            .map(|h| h.map(|h| intern(shared_hosts, h.as_str(), || Arc::from(h.as_str()))))
+            .collect();
         for h in &hosts {
             l.entries.push((h.clone(), built.clone()));
         }
@@ -446,13 +475,13 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
             |v: Option<&String>| v.and_then(|s| duration::parse(s)).filter(|d| !d.is_zero());
         let retry = rule.retry.as_ref().map(|r| {
             Box::new(ir::Retry {
-            codes: r.codes.clone(),
-            attempts: r.attempts.unwrap_or(1).max(0) as u32,
-            backoff: r
-                .backoff
-                .as_deref()
-                .and_then(duration::parse)
-                .unwrap_or(Duration::from_millis(25)),
+                codes: r.codes.clone(),
+                attempts: r.attempts.unwrap_or(1).max(0) as u32,
+                backoff: r
+                    .backoff
+                    .as_deref()
+                    .and_then(duration::parse)
+                    .unwrap_or(Duration::from_millis(25)),
             })
         });
         let rule_ir = Rule {
