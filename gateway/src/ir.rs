@@ -325,35 +325,27 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl Snapshot {
-    /// The effective routing table as JSON, for `/config`.
-    /// Every backend Service port a route uses, with its number of ready endpoints.
-    pub fn backends(&self) -> std::collections::BTreeMap<(&str, &str, u16), usize> {
-        let mut out = std::collections::BTreeMap::new();
-        for p in self.ports.values() {
-            for l in &p.listeners {
-                let hosts = l
-                    .vhosts
-                    .exact
+    /// Every Service port a route's rule sends to, once per target (a target shared by
+    /// several rules comes up once for each).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.ports.values().flat_map(|p| {
+            p.listeners.iter().flat_map(|l| {
+                let v = &l.vhosts;
+                v.exact
                     .values()
-                    .chain(l.vhosts.wildcard.iter().map(|(_, v)| v))
-                    .chain(l.vhosts.any.iter());
-                for v in hosts {
-                    for e in &v.entries {
-                        for b in &e.rule.backends {
-                            if let BackendKind::Service(t) = &b.kind {
-                                out.insert(
-                                    (t.namespace.as_str(), t.service.as_str(), t.port),
-                                    t.endpoints.len(),
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+                    .chain(v.wildcard.iter().map(|(_, v)| v))
+                    .chain(v.any.iter())
+                    .flat_map(|v| &v.entries)
+                    .flat_map(|e| &e.rule.backends)
+                    .filter_map(|b| match &b.kind {
+                        BackendKind::Service(t) => Some(t),
+                        BackendKind::Invalid => None,
+                    })
+            })
+        })
     }
 
+    /// The effective routing table as JSON, for `/config`.
     pub fn describe(&self) -> serde_json::Value {
         use serde_json::json;
         let ports: Vec<_> = self

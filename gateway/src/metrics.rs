@@ -1,7 +1,11 @@
 //! Prometheus metrics, prefix `cedille_gateway_`. Labels are bounded by configuration
 //! (route and parent identity, status class), never by traffic (no paths, no hosts).
 
-use std::{collections::BTreeMap, sync::atomic::AtomicI64, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::AtomicI64},
+    time::Duration,
+};
 
 use http::StatusCode;
 use prometheus_client::{
@@ -15,7 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::ir::RouteId;
+use crate::ir::{RouteId, Target};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -61,11 +65,21 @@ struct ProtocolLabels {
     protocol: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct BackendLabels {
     namespace: String,
     service: String,
     port: u16,
+}
+
+/// What [`Metrics::set_backend_endpoints`] published last.
+#[derive(Default)]
+struct PublishedBackends {
+    /// The targets of the last snapshot, in address order (held, so that no address is
+    /// reused).
+    targets: Vec<Arc<Target>>,
+    /// Per Service port: how many of those targets name it, and the count published.
+    ports: BTreeMap<BackendLabels, (usize, Option<usize>)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,7 +253,7 @@ pub struct Metrics {
     quic_handshake_failures: Counter,
     backend_endpoints: Family<BackendLabels, Gauge>,
     /// What `backend_endpoints` holds now.
-    backends_published: std::sync::Mutex<BTreeMap<(String, String, u16), usize>>,
+    backends_published: std::sync::Mutex<PublishedBackends>,
 }
 
 /// Decrements the active connection gauge when dropped.
@@ -485,45 +499,51 @@ impl Metrics {
     }
 
     /// The ready endpoints of every backend in use, replacing the previous set. Only what
-    /// changed is touched: with thousands of backends, rebuilding the whole family on every
-    /// reload cost milliseconds.
-    pub fn set_backend_endpoints(&self, backends: &BTreeMap<(&str, &str, u16), usize>) {
+    /// changed is touched: a reload that changes one route makes one new target, and
+    /// walking thousands of label sets on every reload cost milliseconds of propagation.
+    pub fn set_backend_endpoints<'a>(&self, targets: impl Iterator<Item = &'a Arc<Target>>) {
+        let mut current: Vec<&Arc<Target>> = targets.collect();
+        current.sort_unstable_by_key(|t| Arc::as_ptr(t));
+        current.dedup_by(|a, b| Arc::ptr_eq(a, b));
         let mut last = self
             .backends_published
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let same = last.len() == backends.len()
-            && last
-                .iter()
-                .zip(backends)
-                .all(|(((a, b, c), n), ((x, y, z), m))| {
-                    (a.as_str(), b.as_str(), *c, n) == (*x, *y, *z, m)
-                });
-        if same {
-            return;
-        }
-        let labels = |(namespace, service, port): (&str, &str, u16)| BackendLabels {
-            namespace: namespace.to_owned(),
-            service: service.to_owned(),
-            port,
+        let last = &mut *last;
+        let labels = |t: &Target| BackendLabels {
+            namespace: t.namespace.clone(),
+            service: t.service.clone(),
+            port: t.port,
         };
-        last.retain(|(ns, svc, port), _| {
-            let keep = backends.contains_key(&(ns.as_str(), svc.as_str(), *port));
-            if !keep {
-                self.backend_endpoints
-                    .remove(&labels((ns.as_str(), svc.as_str(), *port)));
-            }
-            keep
-        });
-        for (&(ns, svc, port), &n) in backends {
-            let key = (ns.to_owned(), svc.to_owned(), port);
-            if last.get(&key) != Some(&n) {
-                self.backend_endpoints
-                    .get_or_create(&labels((ns, svc, port)))
-                    .set(n as i64);
-                last.insert(key, n);
+        let is_in = |set: &[&Arc<Target>], t: &Arc<Target>| {
+            set.binary_search_by_key(&Arc::as_ptr(t), |x| Arc::as_ptr(x))
+                .is_ok()
+        };
+        let before: Vec<&Arc<Target>> = last.targets.iter().collect();
+        // New targets first, so that a Service port whose target was replaced by an equal
+        // one keeps its series.
+        for t in current.iter().filter(|t| !is_in(&before, t)) {
+            let key = labels(t);
+            let n = t.endpoints.len();
+            let port = last.ports.entry(key.clone()).or_insert((0, None));
+            port.0 += 1;
+            if port.1 != Some(n) {
+                self.backend_endpoints.get_or_create(&key).set(n as i64);
+                port.1 = Some(n);
             }
         }
+        for t in before.iter().filter(|t| !is_in(&current, t)) {
+            let key = labels(t);
+            if let Some(port) = last.ports.get_mut(&key) {
+                port.0 -= 1;
+                if port.0 == 0 {
+                    last.ports.remove(&key);
+                    self.backend_endpoints.remove(&key);
+                }
+            }
+        }
+        drop(before);
+        last.targets = current.into_iter().cloned().collect();
     }
 
     pub fn connection_opened(&self) -> ActiveConnection {
@@ -598,11 +618,25 @@ mod tests {
         out
     }
 
+    fn target(service: &str, port: u16, endpoints: usize) -> Arc<Target> {
+        Arc::new(Target {
+            namespace: "ns".into(),
+            service: service.into(),
+            port,
+            h2c: false,
+            endpoints: (0..endpoints)
+                .map(|i| ([10, 0, 0, i as u8], 80).into())
+                .collect(),
+            tls: None,
+        })
+    }
+
     #[test]
     fn backend_endpoints_follow_the_published_set() {
         let m = Metrics::new();
-        let first = BTreeMap::from([(("ns", "a", 80), 2), (("ns", "b", 80), 1)]);
-        m.set_backend_endpoints(&first);
+        let (a, b) = (target("a", 80, 2), target("b", 80, 1));
+        // A target shared by two rules comes twice.
+        m.set_backend_endpoints([&a, &b, &a].into_iter());
         assert_eq!(
             gauges(&m),
             [
@@ -610,11 +644,20 @@ mod tests {
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="b",port="80"} 1"#,
             ]
         );
-        m.set_backend_endpoints(&first);
+        m.set_backend_endpoints([&a, &b].into_iter());
+        assert_eq!(gauges(&m).len(), 2);
+        // b is replaced by an equal target (its route changed): the series stays.
+        let b2 = target("b", 80, 1);
+        m.set_backend_endpoints([&a, &b2].into_iter());
+        assert_eq!(gauges(&m).len(), 2);
+        // Two targets for a, one goes: a stays.
+        let a2 = target("a", 80, 2);
+        m.set_backend_endpoints([&a, &a2, &b2].into_iter());
+        m.set_backend_endpoints([&a2, &b2].into_iter());
         assert_eq!(gauges(&m).len(), 2);
         // a changes, b goes, c comes.
-        let second = BTreeMap::from([(("ns", "a", 80), 3), (("ns", "c", 8080), 0)]);
-        m.set_backend_endpoints(&second);
+        let (a3, c) = (target("a", 80, 3), target("c", 8080, 0));
+        m.set_backend_endpoints([&a3, &c].into_iter());
         assert_eq!(
             gauges(&m),
             [
@@ -622,7 +665,7 @@ mod tests {
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="c",port="8080"} 0"#,
             ]
         );
-        m.set_backend_endpoints(&BTreeMap::new());
+        m.set_backend_endpoints(std::iter::empty());
         assert!(gauges(&m).is_empty());
     }
 }

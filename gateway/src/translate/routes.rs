@@ -58,6 +58,9 @@ pub(crate) struct Cache {
     routes: HashMap<usize, Outcome, foldhash::fast::RandomState>,
     /// Grows by one per translation; outcomes not used by the last one are dropped.
     pass: u64,
+    /// The statuses of the cached outcomes, kept up to date as they come and go (a change
+    /// to one route among thousands should not rebuild the map).
+    statuses: BTreeMap<Arc<str>, Arc<Entry<RouteStatus>>>,
     /// What thousands of routes usually share a handful of, one copy each: parents as
     /// route statuses name them (defaults filled in), Gateways, hostnames.
     shared: Shared,
@@ -120,12 +123,12 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     if deps != cache.deps {
         tracing::debug!("translation: objects other than routes changed; every route again");
         cache.routes.clear();
+        cache.statuses.clear();
         cache.deps = deps;
     }
     cache.pass += 1;
     let pass = cache.pass;
     let mut translated = 0usize;
-    let mut statuses = BTreeMap::new();
     for stored in ctx.store.kind(Kind::HttpRoute) {
         let Object::HttpRoute(route) = &stored.object else {
             continue;
@@ -142,9 +145,6 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                         l.entries.push((h.clone(), a.built.clone()));
                     }
                 }
-            }
-            if let Some((k, st)) = &o.status {
-                statuses.insert(k.clone(), st.clone());
             }
             continue;
         }
@@ -236,7 +236,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         });
         let status = status.map(|st| {
             let k: Arc<str> = Arc::from(format!("{ns}/{}", route.metadata.name));
-            statuses.insert(k.clone(), st.clone());
+            cache.statuses.insert(k.clone(), st.clone());
             (k, st)
         });
         let outcome = Outcome {
@@ -247,8 +247,19 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         };
         cache.routes.insert(key, outcome);
     }
-    // Routes gone or changed since: their outcomes go (and with them their objects).
-    cache.routes.retain(|_, o| o.pass == pass);
+    // Routes gone or changed since: their outcomes go (and with them their objects), and
+    // their statuses unless a new version of the route has replaced them.
+    let statuses = &mut cache.statuses;
+    cache.routes.retain(|_, o| {
+        let keep = o.pass == pass;
+        if !keep
+            && let Some((k, st)) = &o.status
+            && statuses.get(k).is_some_and(|s| Arc::ptr_eq(s, st))
+        {
+            statuses.remove(k);
+        }
+        keep
+    });
     let shared = &mut cache.shared;
     shared.parents.retain(|p| Arc::strong_count(p) > 1);
     shared.gateways.retain(|g| Arc::strong_count(g) > 1);
@@ -257,7 +268,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         translated,
         "translation: routes translated (the others reused)"
     );
-    RouteResult { statuses }
+    RouteResult {
+        statuses: cache.statuses.clone(),
+    }
 }
 
 /// Where a route is being attached, and what it brings.
