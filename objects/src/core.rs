@@ -103,8 +103,9 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    /// Boxed: only LoadBalancer Services have one, and every Service is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ServiceStatus>,
+    pub status: Option<Box<ServiceStatus>>,
 }
 
 impl Service {
@@ -112,7 +113,14 @@ impl Service {
     /// headless Service.
     pub fn cluster_ips(&self) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
-        for ip in self.spec.cluster_ips.iter().chain(&self.spec.cluster_ip) {
+        let single = self.spec.cluster_ip.as_deref();
+        for ip in self
+            .spec
+            .cluster_ips
+            .iter()
+            .map(String::as_str)
+            .chain(single)
+        {
             if let Ok(ip) = ip.parse()
                 && !out.contains(&ip)
             {
@@ -135,17 +143,18 @@ impl Service {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    // Boxed strings (no capacity word): every Service is stored.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
+    pub type_: Option<Box<str>>,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
     /// "None" for headless Services.
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
-    pub cluster_ip: Option<String>,
+    pub cluster_ip: Option<Box<str>>,
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_name: Option<String>,
+    pub external_name: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

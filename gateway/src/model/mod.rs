@@ -12,15 +12,16 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The controller name this gateway serves.
 pub const CONTROLLER_NAME: &str = "cedille.io/gateway-controller";
 
-/// One object of a kind the gateway understands.
+/// One object of a kind the gateway understands. Kinds of which a cluster has a few are
+/// boxed, so that the enum, the size of every stored object, is that of the common ones.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    GatewayClass(gwapi::GatewayClass),
+    GatewayClass(Box<gwapi::GatewayClass>),
     Gateway(Box<gwapi::Gateway>),
     HttpRoute(gwapi::HttpRoute),
     ReferenceGrant(gwapi::ReferenceGrant),
-    ListenerSet(gwapi::ListenerSet),
-    BackendTlsPolicy(gwapi::BackendTlsPolicy),
+    ListenerSet(Box<gwapi::ListenerSet>),
+    BackendTlsPolicy(Box<gwapi::BackendTlsPolicy>),
     Secret(core::Secret),
     ConfigMap(core::ConfigMap),
     Service(core::Service),
@@ -87,12 +88,12 @@ impl Object {
     pub fn decode(kind: Kind, value: serde_json::Value) -> Result<Self, (String, String)> {
         use cedille_objects::manifest::typed;
         let object = match kind {
-            Kind::GatewayClass => Object::GatewayClass(typed(value)?),
+            Kind::GatewayClass => Object::GatewayClass(Box::new(typed(value)?)),
             Kind::Gateway => Object::Gateway(Box::new(typed(value)?)),
             Kind::HttpRoute => Object::HttpRoute(typed(value)?),
             Kind::ReferenceGrant => Object::ReferenceGrant(typed(value)?),
-            Kind::ListenerSet => Object::ListenerSet(typed(value)?),
-            Kind::BackendTlsPolicy => Object::BackendTlsPolicy(typed(value)?),
+            Kind::ListenerSet => Object::ListenerSet(Box::new(typed(value)?)),
+            Kind::BackendTlsPolicy => Object::BackendTlsPolicy(Box::new(typed(value)?)),
             Kind::Secret => Object::Secret(typed(value)?),
             Kind::ConfigMap => Object::ConfigMap(typed(value)?),
             Kind::Service => Object::Service(typed(value)?),
