@@ -91,7 +91,7 @@ fn intern<T: ?Sized + Eq + std::hash::Hash>(
 
 struct Outcome {
     /// Held so that its address, the key, is not reused while the outcome is cached.
-    _object: Arc<Stored>,
+    _stored: Arc<Stored>,
     attachments: Vec<Attachment>,
     /// `namespace/name`, and the status.
     status: Option<(Arc<str>, Arc<Entry<RouteStatus>>)>,
@@ -240,7 +240,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             (k, st)
         });
         let outcome = Outcome {
-            _object: stored.clone(),
+            _stored: stored.clone(),
             attachments,
             status,
             pass,
