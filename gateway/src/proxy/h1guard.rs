@@ -808,12 +808,8 @@ mod tests {
             " ".repeat(2000)
         );
         assert_eq!(scan(w.as_bytes(), &[20, 40]).1, None);
-        // Beyond the limit it is refused, never examined in part: its name may be
-        // Transfer-Encoding.
-        let w = format!(
-            "GET / HTTP/1.1\r\nTransfer-Encoding:{} chunked\r\n\r\n",
-            " ".repeat(2000)
-        );
+        // Beyond the limit the same line is refused, never examined in part: its name
+        // may be Transfer-Encoding.
         assert!(matches!(
             scan(w.as_bytes(), &[20, 1500]).1,
             Some(Step::Refuse(_, Violation::LineTooLong, false))
