@@ -179,10 +179,12 @@ pub struct Matcher {
 /// Where a rule's traffic comes from, for status, logs and metric labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RouteId {
-    pub namespace: String,
-    pub name: String,
-    pub parent_namespace: String,
-    pub parent_name: String,
+    /// Shared with the metric labels of the route (and namespaces and parents between
+    /// routes).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub parent_namespace: Arc<str>,
+    pub parent_name: Arc<str>,
 }
 
 #[derive(Clone)]
@@ -282,8 +284,9 @@ pub enum BackendKind {
 /// A Service port resolved to its ready endpoints.
 #[derive(Debug, Serialize)]
 pub struct Target {
-    pub namespace: String,
-    pub service: String,
+    /// Shared with the backend-endpoint gauge's labels.
+    pub namespace: Arc<str>,
+    pub service: Arc<str>,
     pub port: u16,
     pub h2c: bool,
     pub endpoints: Vec<SocketAddr>,

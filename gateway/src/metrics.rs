@@ -23,28 +23,28 @@ use crate::ir::{RouteId, Target};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    parent_namespace: String,
-    parent_name: String,
-    route_namespace: String,
-    route_name: String,
+    parent_namespace: Arc<str>,
+    parent_name: Arc<str>,
+    route_namespace: Arc<str>,
+    route_name: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    parent_namespace: String,
-    parent_name: String,
-    route_namespace: String,
-    route_name: String,
+    parent_namespace: Arc<str>,
+    parent_name: Arc<str>,
+    route_namespace: Arc<str>,
+    route_name: Arc<str>,
     protocol: &'static str,
     status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
-    parent_namespace: String,
-    parent_name: String,
-    route_namespace: String,
-    route_name: String,
+    parent_namespace: Arc<str>,
+    parent_name: Arc<str>,
+    route_namespace: Arc<str>,
+    route_name: Arc<str>,
     error: &'static str,
 }
 
@@ -67,8 +67,9 @@ struct ProtocolLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct BackendLabels {
-    namespace: String,
-    service: String,
+    /// The target's own strings: thousands of backends, one copy of each name.
+    namespace: Arc<str>,
+    service: Arc<str>,
     port: u16,
 }
 

@@ -265,8 +265,8 @@ pub(crate) fn statuses(
         out.insert(
             key,
             Entry {
-                namespace: ns.clone(),
-                name: name.clone(),
+                namespace: ns.as_str().into(),
+                name: name.as_str().into(),
                 generation,
                 status,
             },

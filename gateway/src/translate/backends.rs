@@ -1,23 +1,32 @@
 //! Resolving backendRefs to Service ports and their ready endpoints.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use super::Ctx;
 use crate::{
     ir::Target,
     model::{
         GATEWAY_GROUP, Kind, Object,
-        core::{SERVICE_NAME_LABEL, Service},
+        core::{EndpointSlice, Service},
         gwapi::BackendObjectReference,
     },
-    store::Store,
+    store::{Store, Stored},
 };
 
-/// The names of the EndpointSlices of each Service (`namespace/service`), kept between
-/// translations while no EndpointSlice changes.
+/// The EndpointSlices that name a Service, kept between translations while no
+/// EndpointSlice changes: the stored records, sorted by namespace and Service name (a
+/// pointer per slice; a map of owned names took a hundred bytes per slice).
 pub(crate) struct SliceIndex {
     epoch: u64,
-    by_service: HashMap<String, Vec<String>, foldhash::fast::RandomState>,
+    slices: Vec<Arc<Stored>>,
+}
+
+/// The namespace and Service an EndpointSlice names, if it is one that names a Service.
+fn slice_service(s: &Stored) -> Option<(&str, &str)> {
+    match &s.object {
+        Object::EndpointSlice(es) => Some((es.metadata.ns(), es.service_name()?)),
+        _ => None,
+    }
 }
 
 impl SliceIndex {
@@ -27,21 +36,28 @@ impl SliceIndex {
         if let Some(c) = cached.filter(|c| c.epoch == epoch) {
             return c;
         }
-        let mut by_service: HashMap<String, Vec<String>, _> = HashMap::default();
-        for s in store.kind(Kind::EndpointSlice) {
-            if let Object::EndpointSlice(es) = &s.object
-                && let Some(svc) = es.metadata.labels.get(SERVICE_NAME_LABEL)
-            {
-                by_service
-                    .entry(format!("{}/{svc}", es.metadata.ns()))
-                    .or_default()
-                    .push(es.metadata.name.clone());
-            }
-        }
-        for names in by_service.values_mut() {
-            names.shrink_to_fit();
-        }
-        SliceIndex { epoch, by_service }
+        let mut slices: Vec<Arc<Stored>> = store
+            .kind(Kind::EndpointSlice)
+            .filter(|s| slice_service(s).is_some())
+            .cloned()
+            .collect();
+        // Stable: a Service's slices stay in the store's (name) order.
+        slices.sort_by(|a, b| slice_service(a).cmp(&slice_service(b)));
+        slices.shrink_to_fit();
+        SliceIndex { epoch, slices }
+    }
+
+    /// The EndpointSlices of Service `namespace/service`.
+    fn of(&self, namespace: &str, service: &str) -> impl Iterator<Item = &EndpointSlice> {
+        let key = Some((namespace, service));
+        let start = self.slices.partition_point(|s| slice_service(s) < key);
+        self.slices[start..]
+            .iter()
+            .take_while(move |s| slice_service(s) == key)
+            .filter_map(|s| match &s.object {
+                Object::EndpointSlice(es) => Some(es),
+                _ => None,
+            })
     }
 }
 
@@ -117,8 +133,8 @@ pub(crate) fn resolve(
         )));
     }
     Ok(Arc::new(Target {
-        namespace: ns.to_owned(),
-        service: r.name.clone(),
+        namespace: ns.into(),
+        service: r.name.as_str().into(),
         port: port as u16,
         h2c,
         endpoints: endpoints(ctx, svc, sp.name.as_deref()),
@@ -130,21 +146,7 @@ pub(crate) fn resolve(
 fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     let port_name = port_name.unwrap_or("");
-    let ns = svc.metadata.ns();
-    let Some(names) = ctx
-        .slices
-        .by_service
-        .get(&format!("{ns}/{}", svc.metadata.name))
-    else {
-        return out;
-    };
-    let slices = names
-        .iter()
-        .filter_map(|n| match ctx.store.get_obj(Kind::EndpointSlice, ns, n) {
-            Some(Object::EndpointSlice(es)) => Some(es),
-            _ => None,
-        });
-    for es in slices {
+    for es in ctx.slices.of(svc.metadata.ns(), &svc.metadata.name) {
         let Some(port) = es
             .ports
             .iter()

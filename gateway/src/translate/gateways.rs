@@ -101,8 +101,8 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
         classes.insert(
             c.metadata.name.clone(),
             Entry {
-                namespace: String::new(),
-                name: c.metadata.name.clone(),
+                namespace: "".into(),
+                name: c.metadata.name.as_str().into(),
                 generation,
                 status: GatewayClassStatus {
                     conditions: conds.finish(generation, prev, &ctx.now),
@@ -460,8 +460,8 @@ pub(crate) fn finish(
             report.listener_sets.insert(
                 key,
                 Entry {
-                    namespace: set.namespace.clone(),
-                    name: set.name.clone(),
+                    namespace: set.namespace.as_str().into(),
+                    name: set.name.as_str().into(),
                     generation: set.generation,
                     status: super::status::ListenerSetStatus {
                         conditions: c.finish(set.generation, prev_set, &ctx.now),
@@ -489,8 +489,8 @@ pub(crate) fn finish(
         report.gateways.insert(
             format!("{ns}/{name}"),
             Entry {
-                namespace: ns,
-                name,
+                namespace: ns.into(),
+                name: name.into(),
                 generation,
                 status: GatewayStatus {
                     addresses,

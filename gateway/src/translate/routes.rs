@@ -16,7 +16,7 @@ use super::{
     Ctx, backends,
     gateways::Gateways,
     hostnames,
-    status::{Conditions, Entry, RouteParentStatus, RouteStatus},
+    status::{Condition, Conditions, Entry, RouteParentStatus, RouteStatus},
 };
 use crate::{
     duration,
@@ -71,6 +71,9 @@ struct Shared {
     parents: Interner<gwapi::ParentReference>,
     gateways: Interner<(String, String)>,
     hosts: Interner<str>,
+    /// Namespaces and parent names of route ids.
+    names: Interner<str>,
+    conditions: Interner<[Condition]>,
 }
 
 type Interner<T> = HashSet<Arc<T>, foldhash::fast::RandomState>;
@@ -150,6 +153,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         }
         translated += 1;
         let checked = check(ctx, route);
+        // One copy of the route's name for its ids and its status.
+        let route_name: Arc<str> = route.metadata.name.as_str().into();
         let mut attachments = Vec::new();
         let mut parents = Vec::new();
         for pref in &route.spec.parent_refs {
@@ -187,6 +192,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                             Arc::new(gw_key.clone())
                         }),
                         hosts: &mut cache.shared.hosts,
+                        names: &mut cache.shared.names,
+                        name: &route_name,
                         owner: owner.as_ref(),
                         checked: c,
                         stored,
@@ -215,11 +222,15 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 .prev
                 .and_then(|p| p.http_routes.get(key.as_str()))
                 .and_then(|e| e.status.parents.iter().find(|p| p.parent_ref == parent_ref))
-                .map(|p| p.conditions.as_slice());
+                .map(|p| &p.conditions[..]);
+            let conditions = conds.finish(route.metadata.generation, prev, &ctx.now);
+            let conditions = intern(&mut cache.shared.conditions, &conditions[..], || {
+                Arc::from(conditions.as_slice())
+            });
             parents.push(RouteParentStatus {
                 parent_ref,
                 controller_name: CONTROLLER_NAME,
-                conditions: conds.finish(route.metadata.generation, prev, &ctx.now),
+                conditions,
             });
         }
         // Both live as long as the route does: no growth slack (a vector grown by pushes
@@ -228,8 +239,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         attachments.shrink_to_fit();
         let status = (!parents.is_empty()).then(|| {
             Arc::new(Entry {
-                namespace: ns.to_owned(),
-                name: route.metadata.name.clone(),
+                namespace: intern(&mut cache.shared.names, ns, || ns.into()),
+                name: route_name,
                 generation: route.metadata.generation,
                 status: RouteStatus { parents },
             })
@@ -264,6 +275,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     shared.parents.retain(|p| Arc::strong_count(p) > 1);
     shared.gateways.retain(|g| Arc::strong_count(g) > 1);
     shared.hosts.retain(|h| Arc::strong_count(h) > 1);
+    shared.names.retain(|n| Arc::strong_count(n) > 1);
+    shared.conditions.retain(|c| Arc::strong_count(c) > 1);
     tracing::debug!(
         translated,
         "translation: routes translated (the others reused)"
@@ -277,6 +290,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
 struct Attach<'a> {
     gateway: Arc<(String, String)>,
     hosts: &'a mut Interner<str>,
+    names: &'a mut Interner<str>,
+    /// The route's name.
+    name: &'a Arc<str>,
     owner: Option<&'a (String, String)>,
     checked: &'a Checked,
     /// The route as stored (its creation order ranks it against others).
@@ -298,6 +314,8 @@ fn attach(
         checked,
         stored,
         hosts: shared_hosts,
+        names: shared_names,
+        name: route_name,
     } = at;
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
@@ -331,14 +349,15 @@ fn attach(
     }
     let mut attached_any = false;
     let (parent_namespace, parent_name) = match owner {
-        Some((ns, name)) => (ns.clone(), name.clone()),
-        None => (gw.namespace.clone(), gw.name.clone()),
+        Some((ns, name)) => (ns.as_str(), name.as_str()),
+        None => (gw.namespace.as_str(), gw.name.as_str()),
     };
+    let mut name = |s: &str| intern(shared_names, s, || Arc::from(s));
     let parent = Arc::new(RouteId {
-        namespace: route_ns.to_owned(),
-        name: route.metadata.name.clone(),
-        parent_namespace,
-        parent_name,
+        namespace: name(route_ns),
+        name: route_name.clone(),
+        parent_namespace: name(parent_namespace),
+        parent_name: name(parent_name),
     });
     let built = Arc::new(BuiltRoute {
         stored: stored.clone(),
@@ -442,10 +461,10 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
     let mut unresolved = None;
     let mut rules = Vec::new();
     let unattached = Arc::new(RouteId {
-        namespace: ns.to_owned(),
-        name: route.metadata.name.clone(),
-        parent_namespace: String::new(),
-        parent_name: String::new(),
+        namespace: ns.into(),
+        name: route.metadata.name.as_str().into(),
+        parent_namespace: "".into(),
+        parent_name: "".into(),
     });
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = |f: &str| format!("spec.rules[{ri}].{f}");
@@ -734,8 +753,8 @@ pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
                     Reverse(m.headers.len()),
                     Reverse(m.query.len()),
                     r.age(),
-                    r.route.namespace.as_str(),
-                    r.route.name.as_str(),
+                    &*r.route.namespace,
+                    &*r.route.name,
                     ri,
                     mi,
                 );

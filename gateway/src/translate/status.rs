@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{manifest::ManifestError, model::gwapi::ParentReference};
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -139,7 +139,9 @@ pub struct RouteParentStatus {
     /// Shared by every route status naming the same parent.
     pub parent_ref: Arc<ParentReference>,
     pub controller_name: &'static str,
-    pub conditions: Vec<Condition>,
+    /// Shared by every route status with the same conditions: most routes of a cluster
+    /// are accepted with their references resolved, in the same translation.
+    pub conditions: Arc<[Condition]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -160,11 +162,16 @@ pub struct PolicyAncestorStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry<S> {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    pub name: String,
+    /// Shared: thousands of routes, a few namespaces.
+    #[serde(skip_serializing_if = "str_is_empty")]
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub generation: i64,
     pub status: S,
+}
+
+fn str_is_empty(s: &Arc<str>) -> bool {
+    s.is_empty()
 }
 
 /// Everything `/status` serves. Keys are `namespace/name` (or `name` for cluster scope).

@@ -53,7 +53,7 @@ fn pick(p: &ir::PortConfig, host: &str, path: &str, method: &str) -> Option<(Str
         .find(|e| {
             e.matcher.path.matches(path) && e.matcher.method.as_ref().is_none_or(|m| *m == method)
         })
-        .map(|e| (e.rule.route.name.clone(), e.rule.index))
+        .map(|e| (e.rule.route.name.to_string(), e.rule.index))
 }
 
 fn route(name: &str, rules: &str) -> String {
@@ -298,4 +298,49 @@ fn incremental_translation_equals_translation_from_scratch() {
         last_vhost = foo;
         prev = Some(inc.status);
     }
+}
+
+#[test]
+fn a_service_gets_the_ready_endpoints_of_exactly_its_own_slices() {
+    let slice = |name: &str, ns: &str, svc: Option<&str>, addrs: &str| {
+        let labels = svc.map_or(String::new(), |s| {
+            format!(", labels: {{kubernetes.io/service-name: {s}}}")
+        });
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {ns}{labels}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints: {addrs}\n"
+        )
+    };
+    let docs = [
+        // Two slices of svc, one with an endpoint that is not ready.
+        slice("svc-b", "ns", Some("svc"), "[{addresses: [10.0.0.2]}]"),
+        slice(
+            "svc-a",
+            "ns",
+            Some("svc"),
+            "[{addresses: [10.0.0.1]}, {addresses: [10.0.0.9], conditions: {ready: false}}]",
+        ),
+        // Slices that are not svc's: a Service whose name starts with svc, another
+        // namespace, a slice naming no Service.
+        slice("svc2-a", "ns", Some("svc2"), "[{addresses: [10.0.1.1]}]"),
+        slice("svc-x", "other", Some("svc"), "[{addresses: [10.0.2.1]}]"),
+        slice("loose", "ns", None, "[{addresses: [10.0.3.1]}]"),
+    ]
+    .join("---\n");
+    let r = route(
+        "r",
+        "  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: svc, port: 80}]\n",
+    );
+    let s = store(&[CLASS_AND_GATEWAY, &docs, &r]);
+    let out = translate(&s, None, "t", &Env::default());
+    let p = port(&out.snapshot);
+    let v = p
+        .listener_for(Some("x.org"))
+        .and_then(|l| l.vhosts.find("x.org").cloned())
+        .expect("the route is served");
+    let ir::BackendKind::Service(t) = &v.entries[0].rule.backends[0].kind else {
+        panic!("svc resolves");
+    };
+    let mut got: Vec<String> = t.endpoints.iter().map(|a| a.to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["10.0.0.1:8080", "10.0.0.2:8080"]);
 }
