@@ -192,7 +192,7 @@ pub struct Rule {
     /// Shared by every rule of the route attached through the same parent.
     pub route: Arc<RouteId>,
     pub index: usize,
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     pub filters: Vec<Filter>,
     pub backends: Vec<Backend>,
     /// Sum of backend weights; 0 with backends present means every backend has weight 0.

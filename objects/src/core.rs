@@ -147,12 +147,12 @@ pub struct ServiceSpec {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<Box<str>>,
     #[serde(default)]
-    pub ports: Vec<ServicePort>,
+    pub ports: Box<[ServicePort]>,
     /// "None" for headless Services.
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<Box<str>>,
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
-    pub cluster_ips: Vec<String>,
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "<[String]>::is_empty")]
+    pub cluster_ips: Box<[String]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_name: Option<Box<str>>,
 }
@@ -161,14 +161,14 @@ pub struct ServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     pub port: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
+    pub protocol: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<String>,
+    pub app_protocol: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -199,9 +199,9 @@ pub struct EndpointSlice {
     #[serde(default)]
     pub address_type: String,
     #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Box<[Endpoint]>,
     #[serde(default)]
-    pub ports: Vec<EndpointPort>,
+    pub ports: Box<[EndpointPort]>,
 }
 
 /// Label naming the Service an EndpointSlice belongs to.
@@ -218,11 +218,11 @@ impl EndpointSlice {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     #[serde(default)]
-    pub addresses: Vec<String>,
+    pub addresses: Box<[String]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<EndpointConditions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
+    pub hostname: Option<Box<str>>,
 }
 
 impl Endpoint {
@@ -249,13 +249,13 @@ pub struct EndpointConditions {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
+    pub protocol: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<String>,
+    pub app_protocol: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

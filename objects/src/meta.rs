@@ -45,7 +45,13 @@ pub struct ObjectMeta {
     pub uid: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    /// Without `kubectl.kubernetes.io/last-applied-configuration`, which nothing here
+    /// reads: `kubectl apply` puts a copy of the whole object there.
+    #[serde(
+        default,
+        skip_serializing_if = "Labels::is_empty",
+        deserialize_with = "annotations"
+    )]
     pub annotations: Labels,
     /// From the API server; for manifest files the store starts it at 1 and bumps it when
     /// the spec changes, as the API server would.
@@ -56,6 +62,18 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Shared: the objects a store reads in one pass all get the same one.
     pub creation_timestamp: Option<Arc<str>>,
+}
+
+/// The annotation `kubectl apply` keeps its copy of the object in.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn annotations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let map = Option::<BTreeMap<String, String>>::deserialize(d)?;
+    Ok(map
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != LAST_APPLIED)
+        .collect())
 }
 
 impl ObjectMeta {
@@ -150,6 +168,18 @@ mod tests {
         let dup: Labels = [("k", "1"), ("k", "2")].into_iter().collect();
         assert_eq!(dup.get("k"), Some("2"));
         assert_eq!(dup.to_map().len(), 1);
+    }
+
+    #[test]
+    fn kubectls_copy_of_the_object_is_not_kept() {
+        let m: ObjectMeta = serde_json::from_str(&format!(
+            r#"{{"name": "a", "annotations": {{"{LAST_APPLIED}": "{{\"kind\": \"Pod\"}}", "x": "1"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(m.annotations.get(LAST_APPLIED), None);
+        assert_eq!(m.annotations.get("x"), Some("1"));
+        let none: ObjectMeta = serde_json::from_str(r#"{"name": "a", "annotations": null}"#).unwrap();
+        assert!(none.annotations.is_empty());
     }
 
     #[test]

@@ -252,25 +252,25 @@ pub struct HttpRoute {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     #[serde(default)]
-    pub parent_refs: Vec<ParentReference>,
+    pub parent_refs: Box<[ParentReference]>,
     #[serde(default)]
-    pub hostnames: Vec<String>,
+    pub hostnames: Box<[String]>,
     #[serde(default)]
-    pub rules: Vec<HttpRouteRule>,
+    pub rules: Box<[HttpRouteRule]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Box<str>>,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
+    pub section_name: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
@@ -279,13 +279,13 @@ pub struct ParentReference {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     #[serde(default)]
-    pub matches: Vec<HttpRouteMatch>,
+    pub matches: Box<[HttpRouteMatch]>,
     #[serde(default)]
-    pub filters: Vec<HttpRouteFilter>,
+    pub filters: Box<[HttpRouteFilter]>,
     #[serde(default)]
-    pub backend_refs: Vec<HttpBackendRef>,
+    pub backend_refs: Box<[HttpBackendRef]>,
     // Boxed: few rules have them, and every route is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Box<HttpRouteTimeouts>>,
@@ -299,20 +299,20 @@ pub struct HttpRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<HttpPathMatch>,
     #[serde(default)]
-    pub headers: Vec<HttpHeaderMatch>,
+    pub headers: Box<[HttpHeaderMatch]>,
     #[serde(default)]
-    pub query_params: Vec<HttpHeaderMatch>,
+    pub query_params: Box<[HttpHeaderMatch]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpPathMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
+    pub type_: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    pub value: Option<Box<str>>,
 }
 
 /// A header or query parameter match (same shape).
@@ -320,7 +320,7 @@ pub struct HttpPathMatch {
 #[serde(rename_all = "camelCase")]
 pub struct HttpHeaderMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
+    pub type_: Option<Box<str>>,
     pub name: String,
     pub value: String,
 }
@@ -436,12 +436,12 @@ pub struct HttpCors {
 #[serde(rename_all = "camelCase")]
 pub struct BackendObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Box<str>>,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
@@ -454,7 +454,7 @@ pub struct HttpBackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
     #[serde(default)]
-    pub filters: Vec<HttpRouteFilter>,
+    pub filters: Box<[HttpRouteFilter]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -192,7 +192,7 @@ pub(crate) fn statuses(
             .filter(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway")
             .map(|p| {
                 (
-                    p.namespace.clone().unwrap_or_else(|| rns.to_owned()),
+                    p.namespace.as_deref().unwrap_or(rns).to_owned(),
                     p.name.clone(),
                 )
             })
@@ -201,10 +201,7 @@ pub(crate) fn statuses(
         for rule in &r.spec.rules {
             for b in &rule.backend_refs {
                 let svc = (
-                    b.backend
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| rns.to_owned()),
+                    b.backend.namespace.as_deref().unwrap_or(rns).to_owned(),
                     b.backend.name.clone(),
                 );
                 for g in &gws {
@@ -250,7 +247,7 @@ pub(crate) fn statuses(
                 ancestor_ref: gwapi::ParentReference {
                     group: Some(GATEWAY_GROUP.into()),
                     kind: Some("Gateway".into()),
-                    namespace: Some(gw.0.clone()),
+                    namespace: Some(gw.0.as_str().into()),
                     name: gw.1.clone(),
                     section_name: None,
                     port: None,

@@ -211,9 +211,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             }
             // Status names the parent with defaults filled in, as the API server would.
             let mut parent_ref = pref.clone();
-            parent_ref.group = Some(GATEWAY_GROUP.to_owned());
-            parent_ref.kind = Some(kind.to_owned());
-            parent_ref.namespace = Some(parent_ns.to_owned());
+            parent_ref.group = Some(GATEWAY_GROUP.into());
+            parent_ref.kind = Some(kind.into());
+            parent_ref.namespace = Some(parent_ns.into());
             let parent_ref = intern(&mut cache.shared.parents, &parent_ref, || {
                 Arc::new(parent_ref.clone())
             });
@@ -324,7 +324,7 @@ fn attach(
             let owned = gw.listeners[i].owner.as_ref() == owner;
             let l = gw.listeners[i].spec;
             owned
-                && pref.section_name.as_ref().is_none_or(|s| s == &l.name)
+                && pref.section_name.as_deref().is_none_or(|s| s == l.name)
                 && pref.port.is_none_or(|p| p == l.port)
         })
         .collect();
@@ -542,7 +542,7 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {
-            let v = p.value.clone().unwrap_or_else(|| "/".into());
+            let v = p.value.as_deref().unwrap_or("/").to_owned();
             match p.type_.as_deref().unwrap_or("PathPrefix") {
                 "Exact" => PathMatch::Exact(v),
                 "PathPrefix" => {
