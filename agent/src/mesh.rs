@@ -64,7 +64,7 @@ impl Mesh {
         for s in store.iter() {
             match &s.object {
                 Object::Namespace(n) => {
-                    namespaces.insert(n.metadata.name.clone(), n);
+                    namespaces.insert(n.metadata.name.to_string(), n);
                 }
                 Object::Pod(p) => pods.push(p),
                 Object::Service(s) => services.push(s),
@@ -92,7 +92,7 @@ impl Mesh {
             if meshed && let Some(pod_node) = &p.spec.node_name {
                 let w = Arc::new(Workload {
                     namespace: ns.clone(),
-                    name: p.metadata.name.clone(),
+                    name: p.metadata.name.to_string(),
                     node: pod_node.clone(),
                     service_account: service_account.clone(),
                 });
@@ -121,7 +121,7 @@ impl Mesh {
                 .is_some_and(|n| n.metadata.labels.get(MTLS_LABEL) == Some("strict"));
             out.pods.push(PodView {
                 namespace: ns,
-                name: p.metadata.name.clone(),
+                name: p.metadata.name.to_string(),
                 uid: p.metadata.uid.as_deref().unwrap_or_default().to_owned(),
                 ips: p.ips(),
                 service_account,
@@ -143,7 +143,7 @@ impl Mesh {
             {
                 let mut eps = Vec::new();
                 for slice in slices.iter().filter(|e| {
-                    e.metadata.ns() == ns && e.service_name() == Some(s.metadata.name.as_str())
+                    e.metadata.ns() == ns && e.service_name() == Some(&*s.metadata.name)
                 }) {
                     let Some(port) = slice
                         .ports

@@ -366,8 +366,8 @@ fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
             out.insert(
                 ObjKey::new(kind, m.ns(), &m.name),
                 status::Observed {
-                    status: s.status.clone(),
-                    resource_version: s.resource_version.as_deref().map(str::to_owned),
+                    status: s.status().cloned(),
+                    resource_version: s.resource_version().map(str::to_owned),
                 },
             );
         }

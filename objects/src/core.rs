@@ -47,7 +47,7 @@ impl Namespace {
         let mut l = self.metadata.labels.to_map();
         l.insert(
             "kubernetes.io/metadata.name".into(),
-            self.metadata.name.clone(),
+            self.metadata.name.to_string(),
         );
         l
     }
@@ -151,7 +151,11 @@ pub struct ServiceSpec {
     /// "None" for headless Services.
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<Box<str>>,
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "<[String]>::is_empty")]
+    #[serde(
+        default,
+        rename = "clusterIPs",
+        skip_serializing_if = "<[String]>::is_empty"
+    )]
     pub cluster_ips: Box<[String]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_name: Option<Box<str>>,

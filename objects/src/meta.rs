@@ -38,9 +38,9 @@ impl<K: fmt::Display> fmt::Display for ObjKey<K> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
-    pub name: String,
+    pub name: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
@@ -178,7 +178,8 @@ mod tests {
         .unwrap();
         assert_eq!(m.annotations.get(LAST_APPLIED), None);
         assert_eq!(m.annotations.get("x"), Some("1"));
-        let none: ObjectMeta = serde_json::from_str(r#"{"name": "a", "annotations": null}"#).unwrap();
+        let none: ObjectMeta =
+            serde_json::from_str(r#"{"name": "a", "annotations": null}"#).unwrap();
         assert!(none.annotations.is_empty());
     }
 

@@ -35,16 +35,47 @@ pub struct Stored<C: Catalog> {
     pub seq: u64,
     /// The file (or API object) this came from (shared by the objects of one source).
     pub source: Arc<str>,
-    /// The status the API server holds, for kinds whose status the binary writes.
-    pub status: Option<Arc<Value>>,
-    /// The API server's `resourceVersion` of what is stored (status writes change it).
-    pub resource_version: Option<Box<str>>,
+    /// What the API server keeps beside the object; boxed, as manifest objects have none
+    /// of it (and it makes every record a size class smaller).
+    api: Option<Box<ApiState>>,
     /// A digest of [`Catalog::spec_fingerprint`]: whether the spec changed is all the
     /// store asks of it, and a whole serialised spec per object would double its memory.
     fingerprint: u64,
 }
 
+/// What the API server keeps beside an object.
+#[derive(Debug, PartialEq)]
+struct ApiState {
+    /// The status the API server holds, for kinds whose status the binary writes.
+    status: Option<Arc<Value>>,
+    /// The API server's `resourceVersion` of what is stored (status writes change it).
+    resource_version: Option<Box<str>>,
+}
+
+impl ApiState {
+    fn new(status: Option<Arc<Value>>, resource_version: Option<String>) -> Option<Box<Self>> {
+        (status.is_some() || resource_version.is_some()).then(|| {
+            Box::new(ApiState {
+                status,
+                resource_version: resource_version.map(String::into_boxed_str),
+            })
+        })
+    }
+}
+
 impl<C: Catalog> Stored<C> {
+    /// The status the API server holds, for kinds whose status the binary writes.
+    pub fn status(&self) -> Option<&Arc<Value>> {
+        self.api.as_ref().and_then(|a| a.status.as_ref())
+    }
+
+    /// The API server's `resourceVersion` of what is stored (status writes change it).
+    pub fn resource_version(&self) -> Option<&str> {
+        self.api
+            .as_ref()
+            .and_then(|a| a.resource_version.as_deref())
+    }
+
     pub fn key(&self) -> ObjKey<C::Kind> {
         let meta = self.object.meta();
         ObjKey::new(self.object.kind(), meta.ns(), &meta.name)
@@ -324,22 +355,21 @@ impl<C: Catalog> Store<C> {
                     }
                 }
             };
-            let resource_version = decoded.resource_version.map(String::into_boxed_str);
+            let api = ApiState::new(decoded.status, decoded.resource_version);
             let record = match existing {
                 Some(old) if old.object == object => {
                     // Same object: only what the API server keeps beside it may move.
-                    if old.status == decoded.status && old.resource_version == resource_version {
+                    if old.api == api {
                         None
                     } else {
-                        if old.status != decoded.status {
+                        if old.status() != api.as_ref().and_then(|a| a.status.as_ref()) {
                             self.status_epoch += 1;
                         }
                         Some(Stored {
                             object,
                             seq: old.seq,
                             source: old.source.clone(),
-                            status: decoded.status,
-                            resource_version,
+                            api,
                             fingerprint: old.fingerprint,
                         })
                     }
@@ -350,8 +380,7 @@ impl<C: Catalog> Store<C> {
                         object,
                         seq,
                         source: shared_source.clone(),
-                        status: decoded.status,
-                        resource_version,
+                        api,
                         fingerprint,
                     })
                 }

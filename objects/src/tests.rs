@@ -232,15 +232,15 @@ fn api_objects_keep_the_servers_metadata_and_status_moves_alone() {
     let st = s.get(&key("c")).unwrap();
     assert_eq!(st.object.meta().generation, 7, "generation is the server's");
     assert_eq!(st.seq, 0, "ties between API objects fall to namespace/name");
-    assert_eq!(st.resource_version.as_deref(), Some("10"));
+    assert_eq!(st.resource_version(), Some("10"));
     let epoch = s.status_epoch();
     // A status write echoed back: not a change of the object, but the status is kept.
     let changed = s.apply_source("k", manifest::from_api("kubernetes", obj("11", "b", "d")));
     assert!(changed.is_empty());
     assert_eq!(s.status_epoch(), epoch + 1);
     let st = s.get(&key("c")).unwrap();
-    assert_eq!(st.resource_version.as_deref(), Some("11"));
-    assert_eq!(st.status.as_deref().unwrap()["phase"], "b");
+    assert_eq!(st.resource_version(), Some("11"));
+    assert_eq!(st.status().unwrap()["phase"], "b");
     // A bad version from the API keeps the last good one, reported as from the API.
     let changed = s.apply_source(
         "k",
@@ -281,7 +281,7 @@ async fn follows_files_and_directories(d: &std::path::Path) {
     let mut store = Store::new();
     src.sync(&mut store);
     let names = |s: &Store<Obj>| -> Vec<String> {
-        let mut v: Vec<String> = s.iter().map(|o| o.object.meta().name.clone()).collect();
+        let mut v: Vec<String> = s.iter().map(|o| o.object.meta().name.to_string()).collect();
         v.sort();
         v
     };

@@ -74,7 +74,7 @@ pub(crate) fn index(ctx: &Ctx<'_>) -> (PolicyIndex, Vec<(String, String, i64, Co
         }
         out.push((
             ns,
-            p.metadata.name.clone(),
+            p.metadata.name.to_string(),
             p.metadata.generation,
             checked.conditions,
         ));

@@ -95,14 +95,14 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
         }
         let prev = ctx
             .prev
-            .and_then(|p| p.gateway_classes.get(&c.metadata.name))
+            .and_then(|p| p.gateway_classes.get(&*c.metadata.name))
             .map(|e| e.status.conditions.as_slice());
         let generation = c.metadata.generation;
         classes.insert(
-            c.metadata.name.clone(),
+            c.metadata.name.to_string(),
             Entry {
                 namespace: "".into(),
-                name: c.metadata.name.as_str().into(),
+                name: (&*c.metadata.name).into(),
                 generation,
                 status: GatewayClassStatus {
                     conditions: conds.finish(generation, prev, &ctx.now),
@@ -122,7 +122,7 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
         let ns = g.metadata.ns().to_owned();
         let mut state = GatewayState {
             namespace: ns.clone(),
-            name: g.metadata.name.clone(),
+            name: g.metadata.name.to_string(),
             gateway: g,
             age: stored.age_key(),
             conditions: Conditions::default(),
@@ -140,7 +140,7 @@ pub(crate) fn translate<'a>(ctx: &Ctx<'a>) -> Gateways<'a> {
         conflicts(&mut state.listeners);
         gateway_conditions(&mut state);
         backend_client_certificate(ctx, &mut state);
-        gateways.insert((ns, g.metadata.name.clone()), state);
+        gateways.insert((ns, g.metadata.name.to_string()), state);
     }
     Gateways { classes, gateways }
 }

@@ -344,7 +344,7 @@ pub(super) fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
             )
         });
         if admitted {
-            let owner = Some((ns.clone(), ls.metadata.name.clone()));
+            let owner = Some((ns.clone(), ls.metadata.name.to_string()));
             state.listeners.extend(
                 ls.spec
                     .listeners
@@ -354,7 +354,7 @@ pub(super) fn listener_sets<'a>(ctx: &Ctx<'a>, state: &mut GatewayState<'a>) {
         }
         state.sets.push(SetState {
             namespace: ns,
-            name: ls.metadata.name.clone(),
+            name: ls.metadata.name.to_string(),
             generation: ls.metadata.generation,
             refused,
         });

@@ -154,7 +154,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         translated += 1;
         let checked = check(ctx, route);
         // One copy of the route's name for its ids and its status.
-        let route_name: Arc<str> = route.metadata.name.as_str().into();
+        let route_name: Arc<str> = (&*route.metadata.name).into();
         let mut attachments = Vec::new();
         let mut parents = Vec::new();
         for pref in &route.spec.parent_refs {
@@ -462,7 +462,7 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
     let mut rules = Vec::new();
     let unattached = Arc::new(RouteId {
         namespace: ns.into(),
-        name: route.metadata.name.as_str().into(),
+        name: (&*route.metadata.name).into(),
         parent_namespace: "".into(),
         parent_name: "".into(),
     });
