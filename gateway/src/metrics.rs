@@ -2,18 +2,19 @@
 //! (route and parent identity, status class), never by traffic (no paths, no hosts).
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, atomic::AtomicI64},
     time::Duration,
 };
 
 use http::StatusCode;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
+        MetricType,
         counter::Counter,
         family::Family,
-        gauge::Gauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -73,14 +74,48 @@ struct BackendLabels {
     port: u16,
 }
 
-/// What [`Metrics::set_backend_endpoints`] published last.
-#[derive(Default)]
-struct PublishedBackends {
-    /// The targets of the last snapshot, in address order (held, so that no address is
-    /// reused).
-    targets: Vec<Arc<Target>>,
-    /// Per Service port: how many of those targets name it, and the count published.
-    ports: BTreeMap<BackendLabels, (usize, Option<usize>)>,
+/// `backend_endpoints`, read from the published targets when scraped. A gauge per
+/// backend kept up to date on every reload cost a label set, a gauge and a map entry per
+/// Service port (0.5 MB with 3,000), and time on the propagation path; a scrape every few
+/// seconds walks a list instead.
+#[derive(Debug, Default)]
+struct BackendEndpoints {
+    /// The targets of the last snapshot, each once.
+    targets: std::sync::Mutex<Vec<Arc<Target>>>,
+}
+
+impl Collector for BackendEndpoints {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut series: Vec<(BackendLabels, usize)> = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| {
+                let labels = BackendLabels {
+                    namespace: t.namespace.clone(),
+                    service: t.service.clone(),
+                    port: t.port,
+                };
+                (labels, t.endpoints.len())
+            })
+            .collect();
+        // One series per Service port (several routes, or Gateways with their own
+        // client certificate, make targets of one port): the largest count, which is the
+        // newest when a reload and a scrape cross.
+        series.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        series.dedup_by(|later, first| later.0 == first.0);
+        let mut family = encoder.encode_descriptor(
+            "backend_endpoints",
+            "Ready endpoints of each backend Service port that a route uses",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, n) in &series {
+            ConstGauge::new(*n as i64).encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -252,9 +287,7 @@ pub struct Metrics {
     tls_handshakes: Counter,
     quic_handshakes: Counter,
     quic_handshake_failures: Counter,
-    backend_endpoints: Family<BackendLabels, Gauge>,
-    /// What `backend_endpoints` holds now.
-    backends_published: std::sync::Mutex<PublishedBackends>,
+    backend_endpoints: Arc<BackendEndpoints>,
 }
 
 /// Decrements the active connection gauge when dropped.
@@ -301,7 +334,7 @@ impl Metrics {
         let tls_handshakes = Counter::default();
         let quic_handshakes = Counter::default();
         let quic_handshake_failures = Counter::default();
-        let backend_endpoints = Family::<BackendLabels, Gauge>::default();
+        let backend_endpoints = Arc::new(BackendEndpoints::default());
         registry.register(
             "requests",
             "HTTP requests that matched a route, by route and status class",
@@ -395,11 +428,7 @@ impl Metrics {
             "Downstream QUIC handshakes that failed or timed out (HTTP/3)",
             quic_handshake_failures.clone(),
         );
-        registry.register(
-            "backend_endpoints",
-            "Ready endpoints of each backend Service port that a route uses",
-            backend_endpoints.clone(),
-        );
+        registry.register_collector(Box::new(backend_endpoints.clone()));
         Self {
             registry,
             requests,
@@ -423,7 +452,6 @@ impl Metrics {
             quic_handshakes,
             quic_handshake_failures,
             backend_endpoints,
-            backends_published: Default::default(),
         }
     }
 
@@ -499,52 +527,17 @@ impl Metrics {
         self.tls_handshakes.inc();
     }
 
-    /// The ready endpoints of every backend in use, replacing the previous set. Only what
-    /// changed is touched: a reload that changes one route makes one new target, and
-    /// walking thousands of label sets on every reload cost milliseconds of propagation.
+    /// The backends in use (their ready endpoints are counted when scraped).
     pub fn set_backend_endpoints<'a>(&self, targets: impl Iterator<Item = &'a Arc<Target>>) {
-        let mut current: Vec<&Arc<Target>> = targets.collect();
-        current.sort_unstable_by_key(|t| Arc::as_ptr(t));
+        let mut current: Vec<Arc<Target>> = targets.cloned().collect();
+        current.sort_unstable_by_key(Arc::as_ptr);
         current.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        let mut last = self
-            .backends_published
+        current.shrink_to_fit();
+        *self
+            .backend_endpoints
+            .targets
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let last = &mut *last;
-        let labels = |t: &Target| BackendLabels {
-            namespace: t.namespace.clone(),
-            service: t.service.clone(),
-            port: t.port,
-        };
-        let is_in = |set: &[&Arc<Target>], t: &Arc<Target>| {
-            set.binary_search_by_key(&Arc::as_ptr(t), |x| Arc::as_ptr(x))
-                .is_ok()
-        };
-        let before: Vec<&Arc<Target>> = last.targets.iter().collect();
-        // New targets first, so that a Service port whose target was replaced by an equal
-        // one keeps its series.
-        for t in current.iter().filter(|t| !is_in(&before, t)) {
-            let key = labels(t);
-            let n = t.endpoints.len();
-            let port = last.ports.entry(key.clone()).or_insert((0, None));
-            port.0 += 1;
-            if port.1 != Some(n) {
-                self.backend_endpoints.get_or_create(&key).set(n as i64);
-                port.1 = Some(n);
-            }
-        }
-        for t in before.iter().filter(|t| !is_in(&current, t)) {
-            let key = labels(t);
-            if let Some(port) = last.ports.get_mut(&key) {
-                port.0 -= 1;
-                if port.0 == 0 {
-                    last.ports.remove(&key);
-                    self.backend_endpoints.remove(&key);
-                }
-            }
-        }
-        drop(before);
-        last.targets = current.into_iter().cloned().collect();
+            .unwrap_or_else(|e| e.into_inner()) = current;
     }
 
     pub fn connection_opened(&self) -> ActiveConnection {
@@ -665,6 +658,12 @@ mod tests {
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="a",port="80"} 3"#,
                 r#"cedille_gateway_backend_endpoints{namespace="ns",service="c",port="8080"} 0"#,
             ]
+        );
+        // Two targets of one port that disagree (a reload between them): the larger count.
+        m.set_backend_endpoints([&a, &a3].into_iter());
+        assert_eq!(
+            gauges(&m),
+            [r#"cedille_gateway_backend_endpoints{namespace="ns",service="a",port="80"} 3"#]
         );
         m.set_backend_endpoints(std::iter::empty());
         assert!(gauges(&m).is_empty());
