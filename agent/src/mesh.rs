@@ -87,7 +87,7 @@ impl Mesh {
             let meshed = namespaces
                 .get(&ns)
                 .is_some_and(|n| n.metadata.labels.get(MESH_LABEL) == Some("enabled"))
-                && p.metadata.annotations.get(MESH_LABEL) != Some("disabled")
+                && p.metadata.annotation(MESH_LABEL) != Some("disabled")
                 && p.spec.host_network != Some(true);
             if meshed && let Some(pod_node) = &p.spec.node_name {
                 let w = Arc::new(Workload {
@@ -108,7 +108,7 @@ impl Mesh {
                 Some(n) if n.metadata.labels.get(MESH_LABEL) != Some("enabled") => Err(format!(
                     "namespace {ns} is not labelled {MESH_LABEL}=enabled"
                 )),
-                Some(_) if p.metadata.annotations.get(MESH_LABEL) == Some("disabled") => {
+                Some(_) if p.metadata.annotation(MESH_LABEL) == Some("disabled") => {
                     Err(format!("annotated {MESH_LABEL}: disabled"))
                 }
                 Some(_) if p.spec.host_network == Some(true) => {
@@ -122,7 +122,7 @@ impl Mesh {
             out.pods.push(PodView {
                 namespace: ns,
                 name: p.metadata.name.to_string(),
-                uid: p.metadata.uid.as_deref().unwrap_or_default().to_owned(),
+                uid: p.metadata.uid().unwrap_or_default().to_owned(),
                 ips: p.ips(),
                 service_account,
                 labels: p.metadata.labels.to_map(),

@@ -135,7 +135,7 @@ impl cedille_objects::Catalog for Object {
 /// What the agent needs beyond the API's types: a pod's UID names its cgroup.
 fn validate(o: &Object) -> Result<(), (String, String)> {
     if let Object::Pod(p) = o {
-        match &p.metadata.uid {
+        match p.metadata.uid() {
             Some(uid)
                 if !uid.is_empty() && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => {}
             _ => {

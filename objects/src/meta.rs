@@ -36,15 +36,60 @@ impl<K: fmt::Display> fmt::Display for ObjKey<K> {
 /// every write (status included), and the store keeps it beside the object so that a
 /// status write does not look like a new version of the object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "MetaWire", into = "MetaWire")]
 pub struct ObjectMeta {
     pub name: Box<str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Box<str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<Box<str>>,
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// From the API server; for manifest files the store starts it at 1 and bumps it when
+    /// the spec changes, as the API server would.
+    pub generation: i64,
+    /// RFC 3339. From the API server, or from the manifest, or set by the store when a
+    /// manifest object first appears. Shared: the objects a store reads in one pass all
+    /// get the same one.
+    pub creation_timestamp: Option<Arc<str>>,
+    /// The uid and annotations, in one box: manifest objects seldom have either, few
+    /// objects are read for them, and every stored object carries this struct.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Rare {
+    uid: Option<Box<str>>,
+    annotations: Labels,
+}
+
+impl ObjectMeta {
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    pub fn uid(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.uid.as_deref())
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.annotations.get(key))
+    }
+}
+
+impl Rare {
+    fn new(uid: Option<Box<str>>, annotations: Labels) -> Option<Box<Rare>> {
+        (uid.is_some() || !annotations.is_empty()).then(|| Box::new(Rare { uid, annotations }))
+    }
+}
+
+/// [`ObjectMeta`] as it is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetaWire {
+    name: Box<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    labels: Labels,
     /// Without `kubectl.kubernetes.io/last-applied-configuration`, which nothing here
     /// reads: `kubectl apply` puts a copy of the whole object there.
     #[serde(
@@ -52,16 +97,39 @@ pub struct ObjectMeta {
         skip_serializing_if = "Labels::is_empty",
         deserialize_with = "annotations"
     )]
-    pub annotations: Labels,
-    /// From the API server; for manifest files the store starts it at 1 and bumps it when
-    /// the spec changes, as the API server would.
+    annotations: Labels,
     #[serde(default)]
-    pub generation: i64,
-    /// RFC 3339. From the API server, or from the manifest, or set by the store when a
-    /// manifest object first appears.
+    generation: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// Shared: the objects a store reads in one pass all get the same one.
-    pub creation_timestamp: Option<Arc<str>>,
+    creation_timestamp: Option<Arc<str>>,
+}
+
+impl From<MetaWire> for ObjectMeta {
+    fn from(w: MetaWire) -> Self {
+        ObjectMeta {
+            name: w.name,
+            namespace: w.namespace,
+            labels: w.labels,
+            generation: w.generation,
+            creation_timestamp: w.creation_timestamp,
+            rare: Rare::new(w.uid, w.annotations),
+        }
+    }
+}
+
+impl From<ObjectMeta> for MetaWire {
+    fn from(m: ObjectMeta) -> Self {
+        let rare = m.rare.map(|r| *r).unwrap_or_default();
+        MetaWire {
+            name: m.name,
+            namespace: m.namespace,
+            uid: rare.uid,
+            labels: m.labels,
+            annotations: rare.annotations,
+            generation: m.generation,
+            creation_timestamp: m.creation_timestamp,
+        }
+    }
 }
 
 /// The annotation `kubectl apply` keeps its copy of the object in.
@@ -74,12 +142,6 @@ fn annotations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Erro
         .into_iter()
         .filter(|(k, _)| k != LAST_APPLIED)
         .collect())
-}
-
-impl ObjectMeta {
-    pub fn ns(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("")
-    }
 }
 
 pub use cedille_common::rfc3339;
@@ -176,11 +238,17 @@ mod tests {
             r#"{{"name": "a", "annotations": {{"{LAST_APPLIED}": "{{\"kind\": \"Pod\"}}", "x": "1"}}}}"#
         ))
         .unwrap();
-        assert_eq!(m.annotations.get(LAST_APPLIED), None);
-        assert_eq!(m.annotations.get("x"), Some("1"));
+        assert_eq!(m.annotation(LAST_APPLIED), None);
+        assert_eq!(m.annotation("x"), Some("1"));
         let none: ObjectMeta =
             serde_json::from_str(r#"{"name": "a", "annotations": null}"#).unwrap();
-        assert!(none.annotations.is_empty());
+        assert_eq!(
+            none,
+            ObjectMeta {
+                name: "a".into(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
