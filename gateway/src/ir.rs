@@ -172,8 +172,10 @@ impl ValueMatch {
 pub struct Matcher {
     pub path: PathMatch,
     pub method: Option<Method>,
-    pub headers: Vec<(HeaderName, ValueMatch)>,
-    pub query: Vec<(String, ValueMatch)>,
+    /// Boxed slices, here and below: what lives as long as a snapshot keeps no growth
+    /// slack or capacity word.
+    pub headers: Box<[(HeaderName, ValueMatch)]>,
+    pub query: Box<[(String, ValueMatch)]>,
 }
 
 /// Where a rule's traffic comes from, for status, logs and metric labels.
@@ -289,7 +291,7 @@ pub struct Target {
     pub service: Arc<str>,
     pub port: u16,
     pub h2c: bool,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Box<[SocketAddr]>,
     /// TLS to the endpoints, from a BackendTLSPolicy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTls>,

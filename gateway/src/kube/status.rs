@@ -292,7 +292,7 @@ fn wants(job: &Job) -> Vec<Want> {
         let ours = match key.kind {
             Kind::HttpRoute => r
                 .http_routes
-                .get(format!("{}/{}", key.namespace, key.name).as_str())
+                .get(&key.namespace, &key.name)
                 .map(|e| serde_json::to_value(&e.status.parents)),
             Kind::BackendTlsPolicy => r
                 .backend_tls_policies

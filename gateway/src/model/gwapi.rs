@@ -331,17 +331,17 @@ pub struct HttpRouteFilter {
     #[serde(rename = "type")]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_header_modifier: Option<HttpHeaderFilter>,
+    pub request_header_modifier: Option<Box<HttpHeaderFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_header_modifier: Option<HttpHeaderFilter>,
+    pub response_header_modifier: Option<Box<HttpHeaderFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_redirect: Option<HttpRequestRedirect>,
+    pub request_redirect: Option<Box<HttpRequestRedirect>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_rewrite: Option<HttpUrlRewrite>,
+    pub url_rewrite: Option<Box<HttpUrlRewrite>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_mirror: Option<HttpRequestMirror>,
+    pub request_mirror: Option<Box<HttpRequestMirror>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cors: Option<HttpCors>,
+    pub cors: Option<Box<HttpCors>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_ref: Option<serde_json::Value>,
 }

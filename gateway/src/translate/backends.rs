@@ -137,7 +137,7 @@ pub(crate) fn resolve(
         service: r.name.as_str().into(),
         port: port as u16,
         h2c,
-        endpoints: endpoints(ctx, svc, sp.name.as_deref()),
+        endpoints: endpoints(ctx, svc, sp.name.as_deref()).into(),
         tls,
     }))
 }
@@ -166,7 +166,5 @@ fn endpoints(ctx: &Ctx<'_>, svc: &Service, port_name: Option<&str>) -> Vec<Socke
             }
         }
     }
-    // Kept as long as the snapshot: no growth slack.
-    out.shrink_to_fit();
     out
 }

@@ -16,7 +16,7 @@ use super::{
     Ctx, backends,
     gateways::Gateways,
     hostnames,
-    status::{Condition, Conditions, Entry, RouteParentStatus, RouteStatus},
+    status::{Condition, Conditions, Entry, RouteParentStatus, RouteStatus, RouteStatuses},
 };
 use crate::{
     duration,
@@ -43,7 +43,7 @@ impl BuiltRoute {
 }
 
 pub(crate) struct RouteResult {
-    pub statuses: BTreeMap<Arc<str>, Arc<Entry<RouteStatus>>>,
+    pub statuses: RouteStatuses,
 }
 
 /// What earlier translations made of each route: its attachments to listeners and its
@@ -60,7 +60,7 @@ pub(crate) struct Cache {
     pass: u64,
     /// The statuses of the cached outcomes, kept up to date as they come and go (a change
     /// to one route among thousands should not rebuild the map).
-    statuses: BTreeMap<Arc<str>, Arc<Entry<RouteStatus>>>,
+    statuses: BTreeMap<StatusKey, Arc<Entry<RouteStatus>>>,
     /// What thousands of routes usually share a handful of, one copy each: parents as
     /// route statuses name them (defaults filled in), Gateways, hostnames.
     shared: Shared,
@@ -96,8 +96,7 @@ struct Outcome {
     /// Held so that its address, the key, is not reused while the outcome is cached.
     _stored: Arc<Stored>,
     attachments: Vec<Attachment>,
-    /// `namespace/name`, and the status.
-    status: Option<(Arc<str>, Arc<Entry<RouteStatus>>)>,
+    status: Option<Arc<Entry<RouteStatus>>>,
     pass: u64,
 }
 
@@ -217,10 +216,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             let parent_ref = intern(&mut cache.shared.parents, &parent_ref, || {
                 Arc::new(parent_ref.clone())
             });
-            let key = format!("{ns}/{}", route.metadata.name);
             let prev = ctx
                 .prev
-                .and_then(|p| p.http_routes.get(key.as_str()))
+                .and_then(|p| p.http_routes.get(ns, &route.metadata.name))
                 .and_then(|e| e.status.parents.iter().find(|p| p.parent_ref == parent_ref))
                 .map(|p| &p.conditions[..]);
             let conditions = conds.finish(route.metadata.generation, prev, &ctx.now);
@@ -245,11 +243,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 status: RouteStatus { parents },
             })
         });
-        let status = status.map(|st| {
-            let k: Arc<str> = Arc::from(format!("{ns}/{}", route.metadata.name));
-            cache.statuses.insert(k.clone(), st.clone());
-            (k, st)
-        });
+        if let Some(st) = &status {
+            cache.statuses.insert(status_key(st), st.clone());
+        }
         let outcome = Outcome {
             _stored: stored.clone(),
             attachments,
@@ -263,11 +259,11 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     let statuses = &mut cache.statuses;
     cache.routes.retain(|_, o| {
         let keep = o.pass == pass;
-        if !keep
-            && let Some((k, st)) = &o.status
-            && statuses.get(k).is_some_and(|s| Arc::ptr_eq(s, st))
-        {
-            statuses.remove(k);
+        if !keep && let Some(st) = &o.status {
+            let k = status_key(st);
+            if statuses.get(&k).is_some_and(|s| Arc::ptr_eq(s, st)) {
+                statuses.remove(&k);
+            }
         }
         keep
     });
@@ -282,8 +278,16 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         "translation: routes translated (the others reused)"
     );
     RouteResult {
-        statuses: cache.statuses.clone(),
+        statuses: RouteStatuses::from_sorted(cache.statuses.values().cloned().collect()),
     }
+}
+
+/// A route status's namespace and name.
+type StatusKey = (Arc<str>, Arc<str>);
+
+/// A route status's key in the cache: its own namespace and name (shared, not copied).
+fn status_key(st: &Entry<RouteStatus>) -> StatusKey {
+    (st.namespace.clone(), st.name.clone())
 }
 
 /// Where a route is being attached, and what it brings.
@@ -581,14 +585,11 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
         }
         query.push((q.name.clone(), value_match(q)?));
     }
-    // Matchers live as long as their route: no growth slack.
-    headers.shrink_to_fit();
-    query.shrink_to_fit();
     Ok(Matcher {
         path,
         method,
-        headers,
-        query,
+        headers: headers.into(),
+        query: query.into(),
     })
 }
 
@@ -616,10 +617,10 @@ fn filters(
     for f in list {
         match f.type_.as_str() {
             "RequestHeaderModifier" => out.push(Filter::RequestHeaders(header_edit(
-                f.request_header_modifier.as_ref(),
+                f.request_header_modifier.as_deref(),
             )?)),
             "ResponseHeaderModifier" => out.push(Filter::ResponseHeaders(header_edit(
-                f.response_header_modifier.as_ref(),
+                f.response_header_modifier.as_deref(),
             )?)),
             "RequestRedirect" => {
                 let r = f.request_redirect.clone().unwrap_or_default();

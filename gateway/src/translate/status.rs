@@ -170,6 +170,45 @@ pub struct Entry<S> {
     pub status: S,
 }
 
+/// The statuses of the routes, in namespace and name order; written as a map keyed by
+/// `namespace/name`, like the other kinds. A list of the shared entries, not a map with a
+/// key string per route: thousands of routes, and a report per translation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteStatuses(Vec<Arc<Entry<RouteStatus>>>);
+
+impl RouteStatuses {
+    /// `entries` must be in (namespace, name) order.
+    pub fn from_sorted(entries: Vec<Arc<Entry<RouteStatus>>>) -> Self {
+        debug_assert!(
+            entries
+                .windows(2)
+                .all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name))
+        );
+        RouteStatuses(entries)
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Entry<RouteStatus>>> {
+        self.0
+            .binary_search_by(|e| (&*e.namespace, &*e.name).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for RouteStatuses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .iter()
+                .map(|e| (format!("{}/{}", e.namespace, e.name), e)),
+        )
+    }
+}
+
 fn str_is_empty(s: &Arc<str>) -> bool {
     s.is_empty()
 }
@@ -182,7 +221,7 @@ pub struct StatusReport {
     pub gateways: BTreeMap<String, Entry<GatewayStatus>>,
     pub listener_sets: BTreeMap<String, Entry<ListenerSetStatus>>,
     #[serde(rename = "httpRoutes")]
-    pub http_routes: BTreeMap<std::sync::Arc<str>, std::sync::Arc<Entry<RouteStatus>>>,
+    pub http_routes: RouteStatuses,
     #[serde(rename = "backendTLSPolicies")]
     pub backend_tls_policies: BTreeMap<String, Entry<PolicyStatus>>,
     /// Manifests that were rejected, with the reason (file, document, object, field).

@@ -127,7 +127,14 @@ fn unknown_gateway_class_is_left_alone_and_bad_refs_are_reported() {
 
     let s = store(&[CLASS_AND_GATEWAY, &r]);
     let out = translate(&s, None, "t", &Env::default());
-    let conds = &out.status.http_routes["ns/r"].status.parents[0].conditions;
+    let conds = &out
+        .status
+        .http_routes
+        .get("ns", "r")
+        .unwrap()
+        .status
+        .parents[0]
+        .conditions;
     let resolved = conds.iter().find(|c| c.type_ == "ResolvedRefs").unwrap();
     assert_eq!(
         (resolved.status, resolved.reason),
@@ -142,7 +149,7 @@ fn unchanged_conditions_keep_their_transition_time() {
     let first = translate(&s, None, "T1", &Env::default());
     let second = translate(&s, Some(&first.status), "T2", &Env::default());
     let times = |o: &super::Output| {
-        o.status.http_routes["ns/r"].status.parents[0]
+        o.status.http_routes.get("ns", "r").unwrap().status.parents[0]
             .conditions
             .iter()
             .map(|c| c.last_transition_time.to_string())
