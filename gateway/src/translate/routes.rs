@@ -4,7 +4,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -60,7 +60,7 @@ pub(crate) struct Cache {
     pass: u64,
     /// The statuses of the cached outcomes, kept up to date as they come and go (a change
     /// to one route among thousands should not rebuild the map).
-    statuses: BTreeMap<StatusKey, Arc<Entry<RouteStatus>>>,
+    statuses: BTreeSet<ByName>,
     /// What thousands of routes usually share a handful of, one copy each: parents as
     /// route statuses name them (defaults filled in), Gateways, hostnames.
     shared: Shared,
@@ -244,7 +244,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             })
         });
         if let Some(st) = &status {
-            cache.statuses.insert(status_key(st), st.clone());
+            cache.statuses.replace(ByName(st.clone()));
         }
         let outcome = Outcome {
             _stored: stored.clone(),
@@ -260,8 +260,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     cache.routes.retain(|_, o| {
         let keep = o.pass == pass;
         if !keep && let Some(st) = &o.status {
-            let k = status_key(st);
-            if statuses.get(&k).is_some_and(|s| Arc::ptr_eq(s, st)) {
+            let k = ByName(st.clone());
+            if statuses.get(&k).is_some_and(|s| Arc::ptr_eq(&s.0, st)) {
                 statuses.remove(&k);
             }
         }
@@ -278,16 +278,38 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         "translation: routes translated (the others reused)"
     );
     RouteResult {
-        statuses: RouteStatuses::from_sorted(cache.statuses.values().cloned().collect()),
+        statuses: RouteStatuses::from_sorted(cache.statuses.iter().map(|s| s.0.clone()).collect()),
     }
 }
 
-/// A route status's namespace and name.
-type StatusKey = (Arc<str>, Arc<str>);
+/// A route status ordered by its route's namespace and name: the cache's set of statuses
+/// needs no key beside each entry.
+struct ByName(Arc<Entry<RouteStatus>>);
 
-/// A route status's key in the cache: its own namespace and name (shared, not copied).
-fn status_key(st: &Entry<RouteStatus>) -> StatusKey {
-    (st.namespace.clone(), st.name.clone())
+impl ByName {
+    fn key(&self) -> (&str, &str) {
+        (&self.0.namespace, &self.0.name)
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ByName {}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// Where a route is being attached, and what it brings.
