@@ -199,13 +199,33 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     /// Sum of backend weights; 0 with backends present means every backend has weight 0.
     pub total_weight: u64,
-    pub request_timeout: Option<Duration>,
-    pub backend_timeout: Option<Duration>,
-    /// Boxed: few rules have one, and the rule lives as long as the snapshot.
-    pub retry: Option<Box<Retry>>,
+    /// Timeouts and retry, boxed together: few rules have any, and every rule lives as
+    /// long as its snapshot.
+    pub limits: Option<Box<Limits>>,
     /// This rule's metric handles, looked up on its first request (label lookups are too
     /// costly to repeat on every request).
     pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+impl Rule {
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.limits.as_ref().and_then(|l| l.request_timeout)
+    }
+
+    pub fn backend_timeout(&self) -> Option<Duration> {
+        self.limits.as_ref().and_then(|l| l.backend_timeout)
+    }
+
+    pub fn retry(&self) -> Option<&Retry> {
+        self.limits.as_ref().and_then(|l| l.retry.as_ref())
+    }
 }
 
 #[derive(Clone, Debug)]

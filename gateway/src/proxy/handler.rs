@@ -338,7 +338,7 @@ async fn route<B: RequestBody>(
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let observe = Observe { metrics, span };
     let fut = process(&shared, &port, &conn, entry, req, host, observe);
-    let resp = match rule.request_timeout {
+    let resp = match rule.request_timeout() {
         Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
             fail(
                 Failure::new(Origin::Timeout, "request_timeout"),
@@ -533,7 +533,7 @@ async fn process<B: RequestBody>(
     );
 
     // Bodies are buffered only when a retry or a mirror needs to send them again.
-    let needs_copy = rule.retry.is_some() || !mirrors.is_empty();
+    let needs_copy = rule.retry().is_some() || !mirrors.is_empty();
     let (buffered, streamed): (Option<Bytes>, Option<Body>) = if needs_copy {
         match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
             Ok(c) => {
@@ -745,7 +745,7 @@ async fn forward(
         buffered,
         mut streamed,
     } = sent;
-    let attempts = rule.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let attempts = rule.retry().map_or(1, |r| r.attempts.max(1));
     let mut last_addr = None;
     let mut attempt = 0;
     loop {
@@ -775,11 +775,11 @@ async fn forward(
         };
         let req = build(method, headers, path_and_query, body);
         let sent = shared.upstreams.send(target, addr, req);
-        let result = match rule.backend_timeout {
+        let result = match rule.backend_timeout() {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
         };
-        let retry = rule.retry.as_ref().filter(|_| attempt < attempts);
+        let retry = rule.retry().filter(|_| attempt < attempts);
         let resp = match result {
             Err(()) => {
                 metrics.upstream_error(UpstreamError::Timeout);

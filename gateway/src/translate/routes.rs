@@ -531,17 +531,27 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
         let total_weight = backends_out.iter().map(|b| u64::from(b.weight)).sum();
         let timeout =
             |v: Option<&String>| v.and_then(|s| duration::parse(s)).filter(|d| !d.is_zero());
-        let retry = rule.retry.as_ref().map(|r| {
-            Box::new(ir::Retry {
-                codes: r.codes.clone(),
-                attempts: r.attempts.unwrap_or(1).max(0) as u32,
-                backoff: r
-                    .backoff
-                    .as_deref()
-                    .and_then(duration::parse)
-                    .unwrap_or(Duration::from_millis(25)),
-            })
+        let retry = rule.retry.as_ref().map(|r| ir::Retry {
+            codes: r.codes.clone(),
+            attempts: r.attempts.unwrap_or(1).max(0) as u32,
+            backoff: r
+                .backoff
+                .as_deref()
+                .and_then(duration::parse)
+                .unwrap_or(Duration::from_millis(25)),
         });
+        let limits = ir::Limits {
+            request_timeout: timeout(rule.timeouts.as_ref().and_then(|t| t.request.as_ref())),
+            backend_timeout: timeout(
+                rule.timeouts
+                    .as_ref()
+                    .and_then(|t| t.backend_request.as_ref()),
+            ),
+            retry,
+        };
+        let has_limits = limits.request_timeout.is_some()
+            || limits.backend_timeout.is_some()
+            || limits.retry.is_some();
         let rule_ir = Rule {
             // Set when the route attaches to a parent.
             route: unattached.clone(),
@@ -550,13 +560,7 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
             filters: rule_filters,
             backends: backends_out,
             total_weight,
-            request_timeout: timeout(rule.timeouts.as_ref().and_then(|t| t.request.as_ref())),
-            backend_timeout: timeout(
-                rule.timeouts
-                    .as_ref()
-                    .and_then(|t| t.backend_request.as_ref()),
-            ),
-            retry,
+            limits: has_limits.then(|| Box::new(limits)),
             metrics: Default::default(),
         };
         rules.push((rule_ir, matchers));
