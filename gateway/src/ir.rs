@@ -195,8 +195,8 @@ pub struct Rule {
     pub route: Arc<RouteId>,
     pub index: usize,
     pub name: Option<Box<str>>,
-    pub filters: Vec<Filter>,
-    pub backends: Vec<Backend>,
+    pub filters: Box<[Filter]>,
+    pub backends: Box<[Backend]>,
     /// Sum of backend weights; 0 with backends present means every backend has weight 0.
     pub total_weight: u64,
     /// Timeouts and retry, boxed together: few rules have any, and every rule lives as
@@ -292,7 +292,7 @@ pub struct Backend {
     pub weight: u32,
     pub kind: BackendKind,
     /// Filters on this backendRef, applied after the rule's.
-    pub filters: Vec<Filter>,
+    pub filters: Box<[Filter]>,
 }
 
 #[derive(Clone)]

@@ -28,12 +28,15 @@ use crate::{
     store::Stored,
 };
 
+/// A rule's matchers (each shared by the rule's copies for its parents).
+type Matchers = Box<[Arc<Matcher>]>;
+
 /// A route's rules as attached through one parent Gateway.
 pub(crate) struct BuiltRoute {
     /// The route as stored, for its age (precedence between routes).
     stored: Arc<Stored>,
     route: Arc<RouteId>,
-    rules: Vec<(Arc<Rule>, Vec<Arc<Matcher>>)>,
+    rules: Box<[(Arc<Rule>, Matchers)]>,
 }
 
 impl BuiltRoute {
@@ -95,7 +98,7 @@ fn intern<T: ?Sized + Eq + std::hash::Hash>(
 struct Outcome {
     /// Held so that its address, the key, is not reused while the outcome is cached.
     _stored: Arc<Stored>,
-    attachments: Vec<Attachment>,
+    attachments: Box<[Attachment]>,
     status: Option<Arc<Entry<RouteStatus>>>,
     pass: u64,
 }
@@ -110,7 +113,7 @@ struct Attachment {
 
 /// A route's rules before they are bound to a parent.
 struct Checked {
-    rules: Vec<(Rule, Vec<Arc<Matcher>>)>,
+    rules: Vec<(Rule, Matchers)>,
     /// First unresolved reference, for ResolvedRefs.
     unresolved: Option<(&'static str, String)>,
 }
@@ -234,7 +237,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         // Both live as long as the route does: no growth slack (a vector grown by pushes
         // holds room for four).
         parents.shrink_to_fit();
-        attachments.shrink_to_fit();
+        let attachments = attachments.into_boxed_slice();
         let status = (!parents.is_empty()).then(|| {
             Arc::new(Entry {
                 namespace: intern(&mut cache.shared.names, ns, || ns.into()),
@@ -508,7 +511,7 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
                     .map(Arc::new)
                     .map_err(|e| format!("{}: {e}", at(&format!("matches[{mi}]"))))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Box<[_]>, _>>()?;
         let rule_filters = filters(ctx, ns, &rule.filters, &mut unresolved)
             .map_err(|e| format!("{}: {e}", at("filters")))?;
         let mut backends_out = Vec::new();
@@ -525,7 +528,7 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
             backends_out.push(Backend {
                 weight: b.weight.unwrap_or(1).max(0) as u32,
                 kind,
-                filters: bf,
+                filters: bf.into(),
             });
         }
         let total_weight = backends_out.iter().map(|b| u64::from(b.weight)).sum();
@@ -557,8 +560,8 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
             route: unattached.clone(),
             index: ri,
             name: rule.name.clone(),
-            filters: rule_filters,
-            backends: backends_out,
+            filters: rule_filters.into(),
+            backends: backends_out.into(),
             total_weight,
             limits: has_limits.then(|| Box::new(limits)),
             metrics: Default::default(),
