@@ -207,7 +207,7 @@ pub struct Rule {
     pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteMetrics>>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,

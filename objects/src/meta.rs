@@ -136,12 +136,11 @@ impl From<ObjectMeta> for MetaWire {
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn annotations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
-    let map = Option::<BTreeMap<String, String>>::deserialize(d)?;
-    Ok(map
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k != LAST_APPLIED)
-        .collect())
+    let all = Labels::deserialize(d)?;
+    if all.get(LAST_APPLIED).is_none() {
+        return Ok(all);
+    }
+    Ok(all.iter().filter(|(k, _)| *k != LAST_APPLIED).collect())
 }
 
 pub use cedille_common::rfc3339;
