@@ -211,7 +211,10 @@ impl<C: Catalog> DirSource<C> {
                 return false;
             }
         };
-        let parsed = manifest::parse::<C>(path, &text);
+        // Documents unchanged since the last read keep their objects without a parse.
+        let previous = store.unchanged_documents(&source);
+        let parsed = manifest::parse_reusing::<C>(path, &text, &previous);
+        drop(previous);
         for (_, e) in &parsed.errors {
             warn!(file = %e.file, document = e.document, object = e.object.as_deref().unwrap_or("-"),
                 field = e.field.as_deref().unwrap_or("-"), "rejected manifest: {}", e.message);

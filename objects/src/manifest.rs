@@ -2,14 +2,14 @@
 //! ones. Every error names where the object came from, the document, the object (when it
 //! got that far) and the field, so an operator can fix it without guessing.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 pub use cedille_common::ManifestError;
 
-use crate::{catalog::Catalog, meta::ObjKey};
+use crate::{catalog::Catalog, meta::ObjKey, store::Stored};
 
 /// One object that decoded, with what the API server said beside it.
 #[derive(Clone, Debug)]
@@ -19,6 +19,20 @@ pub struct Decoded<C> {
     pub status: Option<Arc<Value>>,
     /// `metadata.resourceVersion` (API objects only).
     pub resource_version: Option<String>,
+    /// Its document's number in the file (0 for API objects).
+    pub document: usize,
+    /// The [`digest`] of its document's text, when the document made this one object:
+    /// while that text stays the same, the object is not decoded again.
+    pub digest: Option<u64>,
+}
+
+/// An object whose document has not changed since the source was last read: the store
+/// keeps its record as it is.
+#[derive(Debug)]
+pub struct Kept<C: Catalog> {
+    pub document: usize,
+    pub stored: Arc<Stored<C>>,
+    pub digest: u64,
 }
 
 /// The outcome of reading one source (a file, or one object from the API).
@@ -26,6 +40,8 @@ pub struct Decoded<C> {
 pub struct Parsed<C: Catalog> {
     /// Objects that decoded and validated, in source order.
     pub objects: Vec<Decoded<C>>,
+    /// Objects of unchanged documents, in source order (see [`parse_reusing`]).
+    pub kept: Vec<Kept<C>>,
     /// Documents that did not; the key is set when the object's identity could be read, so
     /// the store can keep that object's last good version.
     pub errors: Vec<(Option<ObjKey<C::Kind>>, ManifestError)>,
@@ -40,6 +56,7 @@ impl<C: Catalog> Default for Parsed<C> {
     fn default() -> Self {
         Self {
             objects: Vec::new(),
+            kept: Vec::new(),
             errors: Vec::new(),
             unreadable: false,
             from_api: false,
@@ -72,21 +89,111 @@ pub fn parse<C: Catalog>(file: &Path, text: &str) -> Parsed<C> {
         }
     }
     for (doc, value) in docs {
-        if value.is_null() {
+        push_document(&mut out, &file_s, doc, value);
+    }
+    out
+}
+
+/// Decodes one YAML document: an object, or a `kind: List` (kubectl output) of them.
+fn push_document<C: Catalog>(out: &mut Parsed<C>, file: &str, doc: usize, value: Value) {
+    if value.is_null() {
+        return;
+    }
+    if value.get("kind").and_then(Value::as_str) == Some("List") {
+        let items = value
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for item in items {
+            push(out, decode_value(file, doc, item, false));
+        }
+    } else {
+        push(out, decode_value(file, doc, value, false));
+    }
+}
+
+/// A 64-bit digest of a document's text (`DefaultHasher::new()` has fixed keys, so equal
+/// texts always agree; two different texts of one file agreeing, which would keep a stale
+/// object, has a chance of about one in 2^64 per change). Never 0.
+pub fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// Splits a manifest's text into its documents' texts, each from its `---` line (the
+/// first from the start). `None` when the text has what a split by lines cannot follow
+/// (directives, `...` document ends); such a file is parsed whole.
+fn split_documents(text: &str) -> Option<Vec<&str>> {
+    let marker = |line: &str, m: &str| {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    };
+    let mut out = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('%') || marker(line, "...") {
+            return None;
+        }
+        if at > start && marker(line, "---") {
+            out.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    Some(out)
+}
+
+/// Parses a manifest file's text as [`parse`] does, except that a document whose text is
+/// the same as when `previous` was made (by [`digest`]) is not parsed again: its object
+/// comes back as [`Kept`]. A change to one object of a file of hundreds then costs one
+/// document's parse, not the file's (`cargo xtask bench routes`).
+pub fn parse_reusing<C: Catalog>(
+    file: &Path,
+    text: &str,
+    previous: &HashMap<u64, Arc<Stored<C>>>,
+) -> Parsed<C> {
+    let Some(chunks) = split_documents(text) else {
+        return parse(file, text);
+    };
+    let file_s = file.display().to_string();
+    let mut out = Parsed::default();
+    let mut document = 0;
+    for chunk in chunks {
+        let d = digest(chunk);
+        if let Some(stored) = previous.get(&d) {
+            document += 1;
+            out.kept.push(Kept {
+                document,
+                stored: stored.clone(),
+                digest: d,
+            });
             continue;
         }
-        // `kind: List` (kubectl output) holds objects in `items`.
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            let items = value
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            for item in items {
-                push(&mut out, decode_value(&file_s, doc, item, false));
+        let mut values = Vec::new();
+        for de in serde_yaml_ng::Deserializer::from_str(chunk) {
+            match Value::deserialize(de) {
+                Ok(v) => values.push(v),
+                // Read the whole file again: its error names the line in the file.
+                Err(_) => return parse(file, text),
             }
-        } else {
-            push(&mut out, decode_value(&file_s, doc, value, false));
+        }
+        let single = values.len() == 1;
+        for value in values {
+            document += 1;
+            let before = out.objects.len();
+            push_document(&mut out, &file_s, document, value);
+            if single
+                && out.objects.len() == before + 1
+                && let Some(o) = out.objects.last_mut()
+            {
+                o.digest = Some(d);
+            }
         }
     }
     out
@@ -210,6 +317,8 @@ pub fn decode_value<C: Catalog>(
             object,
             status,
             resource_version: if from_api { resource_version } else { None },
+            document,
+            digest: None,
         })),
         Err((field, message)) => Err(Box::new((
             Some(key),

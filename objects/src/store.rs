@@ -10,7 +10,7 @@
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     ops::Bound,
     sync::Arc,
     time::SystemTime,
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::{
     catalog::Catalog,
-    manifest::{ManifestError, Parsed},
+    manifest::{Decoded, Kept, ManifestError, Parsed},
     meta::{ObjKey, rfc3339},
 };
 
@@ -169,8 +169,9 @@ impl<'a, C: Catalog> Borrow<dyn KeyView<C::Kind> + 'a> for Entry<C> {
 struct SourceState<C: Catalog> {
     /// What this source defines, in key order. Only this source changes these objects (a
     /// key another source holds is refused as a conflict), so the list stays current
-    /// between two reads of the source.
-    objects: Vec<Arc<Stored<C>>>,
+    /// between two reads of the source. Beside each, the digest of the document it came
+    /// from (0: none), for [`Store::unchanged_documents`].
+    objects: Vec<(Arc<Stored<C>>, u64)>,
     errors: Vec<ManifestError>,
 }
 
@@ -263,6 +264,18 @@ impl<C: Catalog> Store<C> {
             .collect()
     }
 
+    /// The objects of `source` by the digest of the document each came from: what
+    /// [`crate::manifest::parse_reusing`] need not parse again.
+    pub fn unchanged_documents(&self, source: &str) -> HashMap<u64, Arc<Stored<C>>> {
+        self.sources.get(source).map_or_else(HashMap::new, |s| {
+            s.objects
+                .iter()
+                .filter(|(_, d)| *d != 0)
+                .map(|(o, d)| (*d, o.clone()))
+                .collect()
+        })
+    }
+
     /// The current errors of one source.
     pub fn errors_of(&self, source: &str) -> &[ManifestError] {
         self.sources
@@ -283,21 +296,45 @@ impl<C: Catalog> Store<C> {
         }
         let old = std::mem::take(&mut state.objects);
         let defined_before = |k: &ObjKey<C::Kind>| {
-            old.binary_search_by(|s| Entry::view_of(s).cmp(&k.view()))
+            old.binary_search_by(|(s, _)| Entry::view_of(s).cmp(&k.view()))
                 .is_ok()
         };
-        let mut keys = BTreeSet::new();
+        // Each key this source defines now, with the digest of its document.
+        let mut keys = BTreeMap::new();
         // Invalid documents keep their object's last good version, if this source had one.
         for (key, _) in &parsed.errors {
             if let Some(k) = key
                 && defined_before(k)
             {
-                keys.insert(k.clone());
+                keys.insert(k.clone(), 0);
             }
         }
         let mut conflicts = Vec::new();
         let shared_source = Arc::new(source.to_owned());
-        for decoded in parsed.objects {
+        for item in in_document_order(parsed.objects, parsed.kept) {
+            let decoded = match item {
+                Item::Kept(kept) => {
+                    // Its record stays as it is, unless an earlier document of this pass
+                    // took the key.
+                    match keys.entry(kept.stored.key()) {
+                        std::collections::btree_map::Entry::Occupied(taken) => {
+                            conflicts.push(ManifestError {
+                                file: source.to_owned(),
+                                document: 0,
+                                object: Some(taken.key().to_string()),
+                                field: None,
+                                message: "defined twice in this file; keeping the first".into(),
+                            });
+                        }
+                        std::collections::btree_map::Entry::Vacant(free) => {
+                            free.insert(kept.digest);
+                        }
+                    }
+                    continue;
+                }
+                Item::New(decoded) => decoded,
+            };
+            let digest_of_document = decoded.digest.unwrap_or(0);
             let mut object = decoded.object;
             let key = ObjKey::new(object.kind(), object.meta().ns(), &object.meta().name);
             let existing = self.get(&key).cloned();
@@ -316,7 +353,7 @@ impl<C: Catalog> Store<C> {
                 });
                 continue;
             }
-            if keys.contains(&key) {
+            if keys.contains_key(&key) {
                 conflicts.push(ManifestError {
                     file: source.to_owned(),
                     document: 0,
@@ -390,9 +427,13 @@ impl<C: Catalog> Store<C> {
             if let Some(record) = record {
                 self.objects.replace(Entry(Arc::new(record)));
             }
-            keys.insert(key);
+            keys.insert(key, digest_of_document);
         }
-        for gone in old.iter().map(|s| s.key()).filter(|k| !keys.contains(k)) {
+        for gone in old
+            .iter()
+            .map(|(s, _)| s.key())
+            .filter(|k| !keys.contains_key(k))
+        {
             if self.get(&gone).is_some_and(|s| *s.source == source) {
                 self.objects.remove(&gone as &dyn KeyView<C::Kind>);
                 changed.push(gone);
@@ -404,7 +445,11 @@ impl<C: Catalog> Store<C> {
         }
         let objects: Vec<_> = keys
             .iter()
-            .filter_map(|k| self.get(k).filter(|s| *s.source == source).cloned())
+            .filter_map(|(k, d)| {
+                self.get(k)
+                    .filter(|s| *s.source == source)
+                    .map(|s| (s.clone(), *d))
+            })
             .collect();
         let state = self.sources.get_mut(source).expect("inserted above");
         state.objects = objects;
@@ -421,6 +466,27 @@ impl<C: Catalog> Store<C> {
         self.sources.remove(source);
         changed
     }
+}
+
+/// A parsed document's object, new or kept.
+enum Item<C: Catalog> {
+    New(Decoded<C>),
+    Kept(Kept<C>),
+}
+
+/// Decoded and kept objects merged in document order (both lists are in it), so that the
+/// first of two documents defining one key wins whichever of them changed.
+fn in_document_order<C: Catalog>(
+    decoded: Vec<Decoded<C>>,
+    kept: Vec<Kept<C>>,
+) -> impl Iterator<Item = Item<C>> {
+    let mut decoded = decoded.into_iter().peekable();
+    let mut kept = kept.into_iter().peekable();
+    std::iter::from_fn(move || match (decoded.peek(), kept.peek()) {
+        (Some(d), Some(k)) if k.document < d.document => kept.next().map(Item::Kept),
+        (Some(_), _) => decoded.next().map(Item::New),
+        (None, _) => kept.next().map(Item::Kept),
+    })
 }
 
 /// A 64-bit digest of a serialised spec (`DefaultHasher::new()` has fixed keys, so equal

@@ -347,3 +347,107 @@ async fn follows_files_and_directories(d: &std::path::Path) {
         assert_eq!(names(&store), fresh(), "after {what}: a fresh read agrees");
     }
 }
+
+/// Applies `text` as the directory source does: unchanged documents are not parsed again.
+fn apply_reusing(store: &mut Store<Obj>, file: &str, text: &str) -> Vec<ObjKey<K>> {
+    let previous = store.unchanged_documents(file);
+    let parsed = manifest::parse_reusing(Path::new(file), text, &previous);
+    store.apply_source(file, parsed)
+}
+
+/// What a store holds, to compare two stores: objects with their generation, and errors.
+fn contents(s: &Store<Obj>) -> (Vec<(String, Obj)>, Vec<String>) {
+    let objects = s
+        .iter()
+        .map(|o| (o.key().to_string(), o.object.clone()))
+        .collect();
+    let errors = s.errors().iter().map(|e| e.to_string()).collect();
+    (objects, errors)
+}
+
+#[test]
+fn unchanged_documents_keep_their_records_and_a_changed_one_is_read() {
+    let mut s = Store::new();
+    let docs = |b: &str| format!("{}---\n{}---\n{}", cm("a", "x"), cm("b", b), cm("c", "z"));
+    apply_reusing(&mut s, "f", &docs("y"));
+    let before: Vec<_> = ["a", "b", "c"]
+        .map(|n| s.get(&key(n)).unwrap().clone())
+        .into();
+    let parsed = manifest::parse_reusing::<Obj>(
+        Path::new("f"),
+        &docs("changed"),
+        &s.unchanged_documents("f"),
+    );
+    assert_eq!(parsed.kept.len(), 2, "a and c are not parsed again");
+    assert_eq!(parsed.objects.len(), 1);
+    assert_eq!(s.apply_source("f", parsed), vec![key("b")]);
+    assert!(std::sync::Arc::ptr_eq(
+        &before[0],
+        s.get(&key("a")).unwrap()
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &before[2],
+        s.get(&key("c")).unwrap()
+    ));
+    let b = s.get(&key("b")).unwrap();
+    assert!(matches!(&b.object, Obj::ConfigMap(c) if c.data.contains_key("changed")));
+    assert_eq!(b.object.meta().generation, 2);
+    // Removing a document removes its object; the others stay kept.
+    let two = format!("{}---\n{}", cm("a", "x"), cm("c", "z"));
+    assert_eq!(apply_reusing(&mut s, "f", &two), vec![key("b")]);
+    assert!(std::sync::Arc::ptr_eq(
+        &before[0],
+        s.get(&key("a")).unwrap()
+    ));
+    assert!(s.get(&key("b")).is_none());
+}
+
+#[test]
+fn reading_documents_again_or_not_gives_the_same_store() {
+    // Each step is a whole file; the store fed by the reusing reader must always equal
+    // one fed by whole-file parses, duplicate keys and invalid documents included.
+    let steps = [
+        format!("{}---\n{}", cm("a", "x"), cm("b", "y")),
+        // b changes to a's key: the first of the two (a) wins, b's document is refused.
+        format!("{}---\n{}", cm("a", "x"), cm("a", "y")),
+        // The first document now takes c; the second (unchanged) is a again and wins a.
+        format!("{}---\n{}", cm("c", "x"), cm("a", "y")),
+        // The first takes a back: it comes first, so the unchanged second is refused.
+        format!("{}---\n{}", cm("a", "x"), cm("a", "y")),
+        // An invalid document keeps the last good version of its object.
+        format!(
+            "# leading comment\n{}---\n{}",
+            cm("a", "invalid"),
+            cm("b", "y")
+        ),
+        format!("{}--- \n{}\n---\n", cm("a", "x"), cm("b", "y")),
+        // Broken YAML: nothing changes, and the error names the file's line.
+        format!(
+            "{}---\n{}---\nkind: [unclosed\n",
+            cm("a", "x"),
+            cm("b", "y")
+        ),
+        format!("{}---\n{}", cm("a", "x"), cm("b", "y")),
+        // A document end marker: the file is parsed whole.
+        format!("{}...\n---\n{}", cm("a", "w"), cm("b", "y")),
+        format!("{}---\n{}", cm("a", "x"), cm("b", "y")),
+    ];
+    let (mut reusing, mut whole) = (Store::new(), Store::new());
+    for (i, text) in steps.iter().enumerate() {
+        let a = apply_reusing(&mut reusing, "f", text);
+        let b = apply(&mut whole, "f", text);
+        assert_eq!(a, b, "step {i}: changed keys");
+        assert_eq!(contents(&reusing), contents(&whole), "step {i}: contents");
+    }
+    let broken = manifest::parse_reusing::<Obj>(
+        Path::new("f"),
+        &steps[6],
+        &reusing.unchanged_documents("f"),
+    );
+    assert!(broken.unreadable);
+    assert!(
+        broken.errors[0].1.message.contains("line 11"),
+        "{:?}",
+        broken.errors
+    );
+}
