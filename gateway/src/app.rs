@@ -380,7 +380,7 @@ fn observed(store: &Store) -> BTreeMap<ObjKey, status::Observed> {
 /// describes the snapshot when asked, not here.
 fn publish(state: &AdminState, snapshot: Arc<crate::ir::Snapshot>, status: &Arc<StatusReport>) {
     state.metrics.reloaded(status.invalid_manifests.len());
-    state.metrics.set_backend_endpoints(snapshot.targets());
+    state.metrics.set_backend_endpoints(snapshot.clone());
     state.config.store(Some(snapshot));
     state.status.store(status.clone());
 }
