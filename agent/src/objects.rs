@@ -152,7 +152,7 @@ fn validate(o: &Object) -> Result<(), (String, String)> {
     if let Object::EndpointSlice(s) = o {
         for (i, e) in s.endpoints.iter().enumerate() {
             for (j, a) in e.addresses.iter().enumerate() {
-                if s.address_type != "FQDN" && a.parse::<std::net::IpAddr>().is_err() {
+                if &*s.address_type != "FQDN" && a.parse::<std::net::IpAddr>().is_err() {
                     return Err((
                         format!("endpoints[{i}].addresses[{j}]"),
                         format!("{a:?} is not an IP address"),

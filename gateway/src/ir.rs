@@ -125,27 +125,29 @@ pub struct RouteEntry {
 
 #[derive(Clone, Debug)]
 pub enum PathMatch {
-    Exact(String),
+    Exact(Box<str>),
     /// Normalised: no trailing slash except for "/" itself.
-    Prefix(String),
-    Regex(Regex),
+    Prefix(Box<str>),
+    /// Boxed, here and in [`ValueMatch`]: a regex is 32 bytes, few matches have one, and
+    /// every matcher carries this enum.
+    Regex(Box<Regex>),
 }
 
 impl PathMatch {
     /// The path as the route wrote it: the exact path, the prefix, or the expression.
     pub fn pattern(&self) -> String {
         match self {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p.to_string(),
             PathMatch::Regex(r) => r.as_str().to_owned(),
         }
     }
 
     pub fn matches(&self, path: &str) -> bool {
         match self {
-            PathMatch::Exact(p) => path == p,
+            PathMatch::Exact(p) => path == &**p,
             PathMatch::Prefix(p) => {
-                p == "/"
-                    || (path.starts_with(p.as_str())
+                &**p == "/"
+                    || (path.starts_with(&**p)
                         && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             }
             PathMatch::Regex(r) => r.is_match(path),
@@ -155,14 +157,14 @@ impl PathMatch {
 
 #[derive(Clone, Debug)]
 pub enum ValueMatch {
-    Exact(String),
-    Regex(Regex),
+    Exact(Box<str>),
+    Regex(Box<Regex>),
 }
 
 impl ValueMatch {
     pub fn matches(&self, v: &str) -> bool {
         match self {
-            ValueMatch::Exact(e) => e == v,
+            ValueMatch::Exact(e) => **e == *v,
             ValueMatch::Regex(r) => r.is_match(v),
         }
     }
@@ -175,7 +177,7 @@ pub struct Matcher {
     /// Boxed slices, here and below: what lives as long as a snapshot keeps no growth
     /// slack or capacity word.
     pub headers: Box<[(HeaderName, ValueMatch)]>,
-    pub query: Box<[(String, ValueMatch)]>,
+    pub query: Box<[(Box<str>, ValueMatch)]>,
 }
 
 /// Where a rule's traffic comes from, for status, logs and metric labels.
@@ -429,7 +431,7 @@ fn describe_entry(e: &RouteEntry) -> serde_json::Value {
         "path": path,
         "method": m.method.as_ref().map(|x| x.as_str()),
         "headers": m.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        "queryParams": m.query.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        "queryParams": m.query.iter().map(|(n, _)| &**n).collect::<Vec<_>>(),
         "filters": e.rule.filters.len(),
         "backends": backends,
     })

@@ -235,7 +235,7 @@ fn filters(list: &[gwapi::HttpRouteFilter], at: &str, p: &mut Problems) {
             ("ExtensionRef", f.extension_ref.is_some()),
         ];
         for (t, set) in present {
-            if (t == f.type_) != set {
+            if (t == &*f.type_) != set {
                 let what = if set {
                     "must not be set"
                 } else {
@@ -247,9 +247,11 @@ fn filters(list: &[gwapi::HttpRouteFilter], at: &str, p: &mut Problems) {
                 ));
             }
         }
-        redirect |= f.type_ == "RequestRedirect";
-        rewrite |= f.type_ == "URLRewrite";
-        if f.type_ != "RequestMirror" && f.type_ != "ExtensionRef" && !seen.insert(f.type_.clone())
+        redirect |= &*f.type_ == "RequestRedirect";
+        rewrite |= &*f.type_ == "URLRewrite";
+        if &*f.type_ != "RequestMirror"
+            && &*f.type_ != "ExtensionRef"
+            && !seen.insert(f.type_.clone())
         {
             p.push((
                 field.clone(),

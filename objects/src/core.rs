@@ -118,7 +118,7 @@ impl Service {
             .spec
             .cluster_ips
             .iter()
-            .map(String::as_str)
+            .map(AsRef::as_ref)
             .chain(single)
         {
             if let Ok(ip) = ip.parse()
@@ -140,12 +140,12 @@ impl Service {
     }
 }
 
+/// What the binaries read of a Service's spec. Every Service is stored, so fields nobody
+/// reads (`type`, `externalName`, a port's `targetPort`, ...) are not kept: a record with
+/// them would be a size class larger (`cargo xtask bench routes`, memory per route).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    // Boxed strings (no capacity word): every Service is stored.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<Box<str>>,
     #[serde(default)]
     pub ports: Box<[ServicePort]>,
     /// "None" for headless Services.
@@ -154,11 +154,9 @@ pub struct ServiceSpec {
     #[serde(
         default,
         rename = "clusterIPs",
-        skip_serializing_if = "<[String]>::is_empty"
+        skip_serializing_if = "<[Box<str>]>::is_empty"
     )]
-    pub cluster_ips: Box<[String]>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_name: Option<Box<str>>,
+    pub cluster_ips: Box<[Box<str>]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -167,8 +165,6 @@ pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Box<str>>,
     pub port: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_port: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,7 +197,7 @@ pub struct LoadBalancerIngress {
 pub struct EndpointSlice {
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub address_type: String,
+    pub address_type: Box<str>,
     #[serde(default)]
     pub endpoints: Box<[Endpoint]>,
     #[serde(default)]
@@ -222,7 +218,7 @@ impl EndpointSlice {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     #[serde(default)]
-    pub addresses: Box<[String]>,
+    pub addresses: Box<[Box<str>]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<EndpointConditions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -254,7 +254,7 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub parent_refs: Box<[ParentReference]>,
     #[serde(default)]
-    pub hostnames: Box<[String]>,
+    pub hostnames: Box<[Box<str>]>,
     #[serde(default)]
     pub rules: Box<[HttpRouteRule]>,
 }
@@ -268,7 +268,7 @@ pub struct ParentReference {
     pub kind: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Box<str>>,
-    pub name: String,
+    pub name: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,15 +321,15 @@ pub struct HttpPathMatch {
 pub struct HttpHeaderMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<Box<str>>,
-    pub name: String,
-    pub value: String,
+    pub name: Box<str>,
+    pub value: Box<str>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteFilter {
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_header_modifier: Option<Box<HttpHeaderFilter>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,24 +343,24 @@ pub struct HttpRouteFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Box<HttpCors>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<Box<serde_json::Value>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpHeaderFilter {
     #[serde(default)]
-    pub set: Vec<HttpHeader>,
+    pub set: Box<[HttpHeader]>,
     #[serde(default)]
-    pub add: Vec<HttpHeader>,
+    pub add: Box<[HttpHeader]>,
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub remove: Box<[Box<str>]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpHeader {
-    pub name: String,
-    pub value: String,
+    pub name: Box<str>,
+    pub value: Box<str>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -439,7 +439,7 @@ pub struct BackendObjectReference {
     pub group: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<Box<str>>,
-    pub name: String,
+    pub name: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,7 +22,7 @@ pub enum Object {
     ReferenceGrant(gwapi::ReferenceGrant),
     ListenerSet(Box<gwapi::ListenerSet>),
     BackendTlsPolicy(Box<gwapi::BackendTlsPolicy>),
-    Secret(core::Secret),
+    Secret(Box<core::Secret>),
     ConfigMap(core::ConfigMap),
     Service(core::Service),
     EndpointSlice(core::EndpointSlice),

@@ -389,7 +389,7 @@ fn matches<B>(m: &ir::Matcher, req: &Request<B>, query: &[(String, String)]) -> 
     }
     for (name, v) in &m.query {
         // The first value of a repeated parameter is the one matched.
-        match query.iter().find(|(k, _)| k == name) {
+        match query.iter().find(|(k, _)| **k == **name) {
             Some((_, value)) if v.matches(value) => {}
             _ => return false,
         }
@@ -912,7 +912,7 @@ fn rewrite_path(p: &PathRewrite, matched: &PathMatch, path: &str) -> String {
     match (p, matched) {
         (PathRewrite::Full(full), _) => full.clone(),
         (PathRewrite::Prefix(rep), PathMatch::Prefix(prefix)) => {
-            let rest = if prefix == "/" {
+            let rest = if &**prefix == "/" {
                 path
             } else {
                 &path[prefix.len().min(path.len())..]

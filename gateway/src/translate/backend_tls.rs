@@ -193,7 +193,7 @@ pub(crate) fn statuses(
             .map(|p| {
                 (
                     p.namespace.as_deref().unwrap_or(rns).to_owned(),
-                    p.name.clone(),
+                    p.name.to_string(),
                 )
             })
             .filter(|g| our_gateways.contains(g))
@@ -202,7 +202,7 @@ pub(crate) fn statuses(
             for b in &rule.backend_refs {
                 let svc = (
                     b.backend.namespace.as_deref().unwrap_or(rns).to_owned(),
-                    b.backend.name.clone(),
+                    b.backend.name.to_string(),
                 );
                 for g in &gws {
                     uses.push((g.clone(), svc.clone()));
@@ -240,7 +240,7 @@ pub(crate) fn statuses(
                     e.status
                         .ancestors
                         .iter()
-                        .find(|a| a.ancestor_ref.name == gw.1)
+                        .find(|a| *a.ancestor_ref.name == *gw.1)
                 })
                 .map(|a| a.conditions.as_slice());
             PolicyAncestorStatus {
@@ -248,7 +248,7 @@ pub(crate) fn statuses(
                     group: Some(GATEWAY_GROUP.into()),
                     kind: Some("Gateway".into()),
                     namespace: Some(gw.0.as_str().into()),
-                    name: gw.1.clone(),
+                    name: gw.1.as_str().into(),
                     section_name: None,
                     port: None,
                 },

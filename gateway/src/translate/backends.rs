@@ -134,7 +134,7 @@ pub(crate) fn resolve(
     }
     Ok(Arc::new(Target {
         namespace: ns.into(),
-        service: r.name.as_str().into(),
+        service: (*r.name).into(),
         port: port as u16,
         h2c,
         endpoints: endpoints(ctx, svc, sp.name.as_deref()).into(),

@@ -2,16 +2,17 @@
 
 /// The hostnames a route serves on a listener: `None` in the result means any host. An
 /// empty result means the route does not intersect the listener.
-pub fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<String>> {
+pub fn intersect<S: AsRef<str>>(listener: Option<&str>, route: &[S]) -> Vec<Option<String>> {
     match (listener, route.is_empty()) {
         (None, true) => vec![None],
-        (None, false) => route.iter().map(|h| Some(h.clone())).collect(),
+        (None, false) => route.iter().map(|h| Some(h.as_ref().to_owned())).collect(),
         (Some(l), true) => vec![Some(l.to_owned())],
         (Some(l), false) => {
             let mut out: Vec<Option<String>> = Vec::new();
             for r in route {
+                let r = r.as_ref();
                 let pick = if r == l || covers(l, r) {
-                    Some(r.as_str())
+                    Some(r)
                 } else if covers(r, l) {
                     Some(l)
                 } else {
@@ -61,8 +62,8 @@ mod tests {
 
     #[test]
     fn intersection_cases_from_the_spec() {
-        assert_eq!(intersect(None, &[]), vec![None]);
-        assert_eq!(intersect(Some("foo.com"), &[]), s(&["foo.com"]));
+        assert_eq!(intersect::<&str>(None, &[]), vec![None]);
+        assert_eq!(intersect::<&str>(Some("foo.com"), &[]), s(&["foo.com"]));
         assert_eq!(
             intersect(Some("*.example.com"), &v(&["a.example.com", "other.org"])),
             s(&["a.example.com"])

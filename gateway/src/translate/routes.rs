@@ -166,7 +166,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             // The Gateway whose listeners the parentRef reaches, and the ListenerSet in
             // between when the parent is one.
             let (gw_key, owner) = match (group, kind) {
-                (GATEWAY_GROUP, "Gateway") => ((parent_ns.to_owned(), pref.name.clone()), None),
+                (GATEWAY_GROUP, "Gateway") => ((parent_ns.to_owned(), pref.name.to_string()), None),
                 (GATEWAY_GROUP, "ListenerSet") => {
                     let Some(Object::ListenerSet(ls)) =
                         ctx.store.get_obj(Kind::ListenerSet, parent_ns, &pref.name)
@@ -177,7 +177,7 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                     let gw_ns = p.namespace.as_deref().unwrap_or(parent_ns);
                     (
                         (gw_ns.to_owned(), p.name.clone()),
-                        Some((parent_ns.to_owned(), pref.name.clone())),
+                        Some((parent_ns.to_owned(), pref.name.to_string())),
                     )
                 }
                 _ => continue,
@@ -577,7 +577,7 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
         Some(p) => {
             let v = p.value.as_deref().unwrap_or("/").to_owned();
             match p.type_.as_deref().unwrap_or("PathPrefix") {
-                "Exact" => PathMatch::Exact(v),
+                "Exact" => PathMatch::Exact(v.into()),
                 "PathPrefix" => {
                     let trimmed = v.trim_end_matches('/');
                     PathMatch::Prefix(if trimmed.is_empty() {
@@ -586,7 +586,7 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
                         trimmed.into()
                     })
                 }
-                "RegularExpression" => PathMatch::Regex(anchored(&v)?),
+                "RegularExpression" => PathMatch::Regex(Box::new(anchored(&v)?)),
                 other => return Err(format!("path match type {other} is not supported")),
             }
         }
@@ -625,7 +625,7 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
 fn value_match(h: &gwapi::HttpHeaderMatch) -> Result<ValueMatch, String> {
     match h.type_.as_deref().unwrap_or("Exact") {
         "Exact" => Ok(ValueMatch::Exact(h.value.clone())),
-        "RegularExpression" => Ok(ValueMatch::Regex(anchored(&h.value)?)),
+        "RegularExpression" => Ok(ValueMatch::Regex(Box::new(anchored(&h.value)?))),
         other => Err(format!("match type {other} is not supported")),
     }
 }
@@ -644,7 +644,7 @@ fn filters(
 ) -> Result<Vec<Filter>, String> {
     let mut out = Vec::new();
     for f in list {
-        match f.type_.as_str() {
+        match &*f.type_ {
             "RequestHeaderModifier" => out.push(Filter::RequestHeaders(header_edit(
                 f.request_header_modifier.as_deref(),
             )?)),
