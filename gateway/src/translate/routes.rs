@@ -107,7 +107,9 @@ struct Outcome {
 struct Attachment {
     gateway: Arc<(String, String)>,
     listener: usize,
-    hosts: Vec<Option<Arc<str>>>,
+    /// Boxed: no growth slack (collected in place from the intersection's strings, a
+    /// vector kept their allocation, half of it unused).
+    hosts: Box<[Option<Arc<str>>]>,
     built: Arc<BuiltRoute>,
 }
 
@@ -412,7 +414,7 @@ fn attach(
         }
         attached_any = true;
         l.attached_routes += 1;
-        let hosts: Vec<Option<Arc<str>>> = hosts
+        let hosts: Box<[Option<Arc<str>>]> = hosts
             .into_iter()
             .map(|h| h.map(|h| intern(shared_hosts, h.as_str(), || Arc::from(h.as_str()))))
             .collect();
