@@ -443,7 +443,9 @@ impl<C: Catalog> Store<C> {
         for key in &changed {
             *self.kind_epochs.entry(key.kind).or_default() += 1;
         }
-        let objects: Vec<_> = keys
+        // Kept until the source is read again: no growth slack (a hundred files of 90
+        // objects held 2 KB of it each).
+        let mut objects: Vec<_> = keys
             .iter()
             .filter_map(|(k, d)| {
                 self.get(k)
@@ -451,6 +453,7 @@ impl<C: Catalog> Store<C> {
                     .map(|s| (s.clone(), *d))
             })
             .collect();
+        objects.shrink_to_fit();
         let state = self.sources.get_mut(source).expect("inserted above");
         state.objects = objects;
         state.errors.extend(conflicts);
