@@ -133,13 +133,22 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
     };
     let mut out = Vec::new();
     let (mut start, mut at) = (0, 0);
+    // Whether the first chunk has more than blank lines and comments: a header of only
+    // those (a licence, say) stays with the first document, as the YAML stream has no
+    // document before it (parsed alone, it would count as an empty one and shift the
+    // numbers that errors give).
+    let mut content = false;
     for line in text.split_inclusive('\n') {
         if line.starts_with('%') || marker(line, "...") {
             return None;
         }
-        if at > start && marker(line, "---") {
+        if at > start && (start > 0 || content) && marker(line, "---") {
             out.push(&text[start..at]);
             start = at;
+        }
+        if start == 0 && !content {
+            let bare = line.trim_start_matches('\u{feff}').trim();
+            content = !bare.is_empty() && !bare.starts_with('#');
         }
         at += line.len();
     }
@@ -186,10 +195,14 @@ pub fn parse_reusing<C: Catalog>(
         let single = values.len() == 1;
         for value in values {
             document += 1;
-            let before = out.objects.len();
+            let (objects, errors) = (out.objects.len(), out.errors.len());
             push_document(&mut out, &file_s, document, value);
+            // Reusable when the document made exactly one object and nothing else: a
+            // `kind: List` with a rejected item must be read again, or the item's last
+            // good version and its error would be lost.
             if single
-                && out.objects.len() == before + 1
+                && out.objects.len() == objects + 1
+                && out.errors.len() == errors
                 && let Some(o) = out.objects.last_mut()
             {
                 o.digest = Some(d);

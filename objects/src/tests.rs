@@ -355,6 +355,13 @@ fn apply_reusing(store: &mut Store<Obj>, file: &str, text: &str) -> Vec<ObjKey<K
     store.apply_source(file, parsed)
 }
 
+/// A `kind: List` of two ConfigMaps, `la` and `lb`, `lb` with `value`.
+fn list(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: la, namespace: ns}}, data: {{x: x}}}}\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: lb, namespace: ns}}, data: {{{value}: x}}}}\n"
+    )
+}
+
 /// What a store holds, to compare two stores: objects with their generation, and errors.
 fn contents(s: &Store<Obj>) -> (Vec<(String, Obj)>, Vec<String>) {
     let objects = s
@@ -431,6 +438,24 @@ fn reading_documents_again_or_not_gives_the_same_store() {
         // A document end marker: the file is parsed whole.
         format!("{}...\n---\n{}", cm("a", "w"), cm("b", "y")),
         format!("{}---\n{}", cm("a", "x"), cm("b", "y")),
+        // A header of comments before the first `---`: errors give the same document
+        // numbers (the header is no document of its own).
+        format!(
+            "# licence\n\n---\n{}---\n{}",
+            cm("a", "invalid"),
+            cm("b", "y")
+        ),
+        format!(
+            "# licence\n\n---\n{}---\n{}",
+            cm("a", "x"),
+            cm("b", "invalid")
+        ),
+        // A List whose second item turns invalid keeps that item's last good version and
+        // its error, also when the file is read again unchanged.
+        format!("{}---\n{}", cm("a", "x"), list("y")),
+        format!("{}---\n{}", cm("a", "x"), list("invalid")),
+        format!("{}---\n{}", cm("a", "x"), list("invalid")),
+        format!("{}---\n{}", cm("a", "z"), list("invalid")),
     ];
     let (mut reusing, mut whole) = (Store::new(), Store::new());
     for (i, text) in steps.iter().enumerate() {
