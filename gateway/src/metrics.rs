@@ -103,6 +103,8 @@ impl Targets for crate::ir::Snapshot {
     }
 }
 
+/// A list of targets, as the tests publish them.
+#[cfg(test)]
 impl Targets for Vec<Arc<Target>> {
     fn each(&self, f: &mut dyn FnMut(&Target)) {
         self.iter().for_each(|t| f(t));
