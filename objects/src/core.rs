@@ -113,14 +113,7 @@ impl Service {
     /// headless Service.
     pub fn cluster_ips(&self) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = Vec::new();
-        let single = self.spec.cluster_ip.as_deref();
-        for ip in self
-            .spec
-            .cluster_ips
-            .iter()
-            .map(AsRef::as_ref)
-            .chain(single)
-        {
+        for ip in self.spec.cluster_ips.iter() {
             if let Ok(ip) = ip.parse()
                 && !out.contains(&ip)
             {
@@ -144,19 +137,54 @@ impl Service {
 /// reads (`type`, `externalName`, a port's `targetPort`, ...) are not kept: a record with
 /// them would be a size class larger (`cargo xtask bench routes`, memory per route).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "ServiceSpecWire", into = "ServiceSpecWire")]
 pub struct ServiceSpec {
-    #[serde(default)]
     pub ports: Box<[ServicePort]>,
-    /// "None" for headless Services.
+    /// `clusterIPs`, with `clusterIP` first when the manifest gives only that (the API
+    /// server keeps `clusterIP` as the first of `clusterIPs`); "None" for headless
+    /// Services. One list: a second field would make every record a size class larger.
+    pub cluster_ips: Box<[Box<str>]>,
+}
+
+/// [`ServiceSpec`] as it is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSpecWire {
+    #[serde(default)]
+    ports: Box<[ServicePort]>,
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
-    pub cluster_ip: Option<Box<str>>,
+    cluster_ip: Option<Box<str>>,
     #[serde(
         default,
         rename = "clusterIPs",
         skip_serializing_if = "<[Box<str>]>::is_empty"
     )]
-    pub cluster_ips: Box<[Box<str>]>,
+    cluster_ips: Box<[Box<str>]>,
+}
+
+impl From<ServiceSpecWire> for ServiceSpec {
+    fn from(w: ServiceSpecWire) -> Self {
+        let cluster_ips = match w.cluster_ip {
+            Some(ip) if !w.cluster_ips.contains(&ip) => {
+                std::iter::once(ip).chain(w.cluster_ips).collect()
+            }
+            _ => w.cluster_ips,
+        };
+        ServiceSpec {
+            ports: w.ports,
+            cluster_ips,
+        }
+    }
+}
+
+impl From<ServiceSpec> for ServiceSpecWire {
+    fn from(s: ServiceSpec) -> Self {
+        ServiceSpecWire {
+            ports: s.ports,
+            cluster_ip: s.cluster_ips.first().cloned(),
+            cluster_ips: s.cluster_ips,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ pub mod store;
 
 pub use catalog::{Catalog, KindInfo};
 pub use manifest::{ManifestError, Parsed};
-pub use meta::{Labels, ObjKey, ObjectMeta, rfc3339};
+pub use meta::{Labels, ObjKey, ObjectMeta, SharedStr, rfc3339};
 pub use store::{Store, Stored};
 
 /// Where a binary's objects come from.

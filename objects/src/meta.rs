@@ -1,6 +1,13 @@
 //! Object identity and metadata, shared by every kind.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, HashSet},
+    fmt,
+    hash::{Hash, Hasher},
+    ops::Deref,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +46,8 @@ impl<K: fmt::Display> fmt::Display for ObjKey<K> {
 #[serde(from = "MetaWire", into = "MetaWire")]
 pub struct ObjectMeta {
     pub name: Box<str>,
-    pub namespace: Option<Box<str>>,
+    /// Shared between the objects of a namespace (see [`SharedStr::namespace`]).
+    pub namespace: Option<SharedStr>,
     pub labels: Labels,
     /// From the API server; for manifest files the store starts it at 1 and bumps it when
     /// the spec changes, as the API server would.
@@ -47,7 +55,7 @@ pub struct ObjectMeta {
     /// RFC 3339. From the API server, or from the manifest, or set by the store when a
     /// manifest object first appears. Shared: the objects a store reads in one pass all
     /// get the same one.
-    pub creation_timestamp: Option<Arc<str>>,
+    pub creation_timestamp: Option<SharedStr>,
     /// The uid and annotations, in one box: manifest objects seldom have either, few
     /// objects are read for them, and every stored object carries this struct.
     rare: Option<Box<Rare>>,
@@ -101,17 +109,139 @@ struct MetaWire {
     #[serde(default)]
     generation: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    creation_timestamp: Option<Arc<str>>,
+    creation_timestamp: Option<Box<str>>,
+}
+
+/// A shared string behind a thin pointer: 8 bytes where `Arc<str>` takes 16. Every stored
+/// object carries two (its namespace and its creation time, which the store gives all
+/// the manifest objects of one pass), and such words decide the size class of a record
+/// (`cargo xtask bench routes`, memory per route).
+#[derive(Clone)]
+pub struct SharedStr(Arc<Box<str>>);
+
+impl SharedStr {
+    /// The one copy of a namespace name: a cluster has a few namespaces and every
+    /// namespaced object names one. Names no object holds any more are dropped when the
+    /// table has doubled since it was last swept, so it stays within twice the live ones.
+    pub fn namespace(name: &str) -> Self {
+        let mut guard = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+        let table = guard.get_or_insert_with(Interned::default);
+        if let Some(k) = table.set.get(name) {
+            return SharedStr(k.0.clone());
+        }
+        if table.set.len() >= 2 * table.swept + 16 {
+            table.set.retain(|k| Arc::strong_count(&k.0) > 1);
+            table.swept = table.set.len();
+        }
+        let shared = SharedStr::from(name);
+        table.set.insert(Key(shared.0.clone()));
+        shared
+    }
+}
+
+static NAMESPACES: Mutex<Option<Interned>> = Mutex::new(None);
+
+#[derive(Default)]
+struct Interned {
+    set: HashSet<Key>,
+    /// Its size after the last sweep.
+    swept: usize,
+}
+
+/// A table entry, looked up by `&str`.
+struct Key(Arc<Box<str>>);
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        **self.0 == **other.0
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (**self.0).hash(h)
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        SharedStr(Arc::new(s.into()))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        SharedStr(Arc::new(s.into_boxed_str()))
+    }
+}
+
+impl PartialEq for SharedStr {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for SharedStr {}
+
+impl PartialOrd for SharedStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SharedStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl Hash for SharedStr {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (**self).hash(h)
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
 }
 
 impl From<MetaWire> for ObjectMeta {
     fn from(w: MetaWire) -> Self {
         ObjectMeta {
             name: w.name,
-            namespace: w.namespace,
+            namespace: w.namespace.as_deref().map(SharedStr::namespace),
             labels: w.labels,
             generation: w.generation,
-            creation_timestamp: w.creation_timestamp,
+            creation_timestamp: w.creation_timestamp.as_deref().map(SharedStr::from),
             rare: Rare::new(w.uid, w.annotations),
         }
     }
@@ -122,12 +252,12 @@ impl From<ObjectMeta> for MetaWire {
         let rare = m.rare.map(|r| *r).unwrap_or_default();
         MetaWire {
             name: m.name,
-            namespace: m.namespace,
+            namespace: m.namespace.as_deref().map(Box::from),
             uid: rare.uid,
             labels: m.labels,
             annotations: rare.annotations,
             generation: m.generation,
-            creation_timestamp: m.creation_timestamp,
+            creation_timestamp: m.creation_timestamp.as_deref().map(Box::from),
         }
     }
 }
@@ -145,30 +275,38 @@ fn annotations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Erro
 
 pub use cedille_common::rfc3339;
 
-/// Labels or annotations: string pairs sorted by key, in one allocation. Most objects
-/// carry none or one (an EndpointSlice's `kubernetes.io/service-name`), and a `BTreeMap`
-/// would give even one pair a node with room for eleven (over 500 bytes per object).
+/// Labels or annotations: string pairs sorted by key, in one list. Most objects carry
+/// none or one (an EndpointSlice's `kubernetes.io/service-name`), and a `BTreeMap` would
+/// give even one pair a node with room for eleven (over 500 bytes per object). Behind a
+/// thin pointer, none when empty: every stored object carries labels, most have none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+pub struct Labels(Option<Box<Pairs>>);
+
+type Pairs = Box<[(Box<str>, Box<str>)]>;
 
 impl Labels {
+    fn pairs(&self) -> &[(Box<str>, Box<str>)] {
+        self.0.as_deref().map_or(&[], |p| p)
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
+        let pairs = self.pairs();
+        pairs
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
-            .map(|i| &*self.0[i].1)
+            .map(|i| &*pairs[i].1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+        self.pairs().iter().map(|(k, v)| (&**k, &**v))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pairs().is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs().len()
     }
 
     /// An owned map, for callers that add to it.
@@ -186,11 +324,14 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        Self(
+        if map.is_empty() {
+            return Self(None);
+        }
+        Self(Some(Box::new(
             map.into_iter()
                 .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
                 .collect(),
-        )
+        )))
     }
 }
 
@@ -257,5 +398,44 @@ mod tests {
             ObjKey::new("Namespace", "", "shop").to_string(),
             "Namespace shop"
         );
+    }
+
+    #[test]
+    fn namespaces_are_shared_and_the_table_forgets_unused_ones() {
+        let m = |text: &str| serde_json::from_str::<ObjectMeta>(text).unwrap();
+        let a = m(r#"{"name": "a", "namespace": "interned-shop"}"#);
+        let b = m(r#"{"name": "b", "namespace": "interned-shop"}"#);
+        let (na, nb) = (a.namespace.unwrap(), b.namespace.unwrap());
+        assert_eq!(&*na, "interned-shop");
+        assert!(Arc::ptr_eq(&na.0, &nb.0), "one copy per namespace");
+        // Names nobody holds any more are swept: a thousand passing namespaces leave the
+        // table within twice what is live.
+        for i in 0..1000 {
+            drop(SharedStr::namespace(&format!("passing-{i}")));
+        }
+        let again = SharedStr::namespace("interned-shop");
+        assert!(Arc::ptr_eq(&again.0, &na.0), "a live name stays shared");
+        let table = NAMESPACES.lock().unwrap().as_ref().unwrap().set.len();
+        assert!(table < 100, "{table} names in the table");
+        // Every later name looks the table up, so other tests' namespaces may be in it.
+        assert_eq!(Arc::strong_count(&na.0), 4, "three holders and the table");
+        assert_eq!(
+            serde_json::to_value(ObjectMeta {
+                name: "a".into(),
+                namespace: Some(again),
+                ..Default::default()
+            })
+            .unwrap(),
+            serde_json::json!({"name": "a", "namespace": "interned-shop", "generation": 0})
+        );
+    }
+
+    #[test]
+    fn empty_labels_hold_nothing() {
+        let none: Labels = std::iter::empty::<(String, String)>().collect();
+        assert_eq!(none, Labels::default());
+        assert!(none.0.is_none());
+        let one: Labels = [("k", "v")].into_iter().collect();
+        assert_eq!(one.iter().collect::<Vec<_>>(), [("k", "v")]);
     }
 }

@@ -286,7 +286,7 @@ impl<C: Catalog> Store<C> {
     /// Replaces what `source` defines with the parse result. Returns the keys whose object
     /// changed (status-only changes are not included: see [`Store::status_epoch`]).
     pub fn apply_source(&mut self, source: &str, parsed: Parsed<C>) -> Vec<ObjKey<C::Kind>> {
-        let now: Arc<str> = Arc::from(rfc3339(SystemTime::now()));
+        let now = crate::meta::SharedStr::from(rfc3339(SystemTime::now()));
         let mut changed = Vec::new();
         let state = self.sources.entry(source.to_owned()).or_default();
         state.errors = parsed.errors.iter().map(|(_, e)| e.clone()).collect();

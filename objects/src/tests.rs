@@ -476,3 +476,28 @@ fn reading_documents_again_or_not_gives_the_same_store() {
         broken.errors
     );
 }
+
+#[test]
+fn a_service_keeps_its_cluster_ips_in_one_list() {
+    let spec = |text: &str| serde_json::from_str::<core::ServiceSpec>(text).unwrap();
+    fn ips(s: &core::ServiceSpec) -> Vec<&str> {
+        s.cluster_ips.iter().map(|i| &**i).collect()
+    }
+    assert_eq!(ips(&spec(r#"{"clusterIP": "10.0.0.1"}"#)), ["10.0.0.1"]);
+    let both = spec(r#"{"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1", "fd00::1"]}"#);
+    assert_eq!(ips(&both), ["10.0.0.1", "fd00::1"]);
+    assert_eq!(
+        ips(&spec(
+            r#"{"clusterIP": "10.0.0.2", "clusterIPs": ["fd00::1"]}"#
+        )),
+        ["10.0.0.2", "fd00::1"]
+    );
+    assert_eq!(ips(&spec(r#"{"clusterIP": "None"}"#)), ["None"]);
+    assert!(ips(&spec("{}")).is_empty());
+    // Written back as the API server writes it: clusterIP is the first of clusterIPs.
+    assert_eq!(
+        serde_json::to_value(&both).unwrap(),
+        serde_json::json!({"ports": [], "clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1", "fd00::1"]})
+    );
+    assert_eq!(spec(&serde_json::to_string(&both).unwrap()), both);
+}

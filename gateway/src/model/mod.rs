@@ -19,7 +19,7 @@ pub enum Object {
     GatewayClass(Box<gwapi::GatewayClass>),
     Gateway(Box<gwapi::Gateway>),
     HttpRoute(gwapi::HttpRoute),
-    ReferenceGrant(gwapi::ReferenceGrant),
+    ReferenceGrant(Box<gwapi::ReferenceGrant>),
     ListenerSet(Box<gwapi::ListenerSet>),
     BackendTlsPolicy(Box<gwapi::BackendTlsPolicy>),
     Secret(Box<core::Secret>),

@@ -66,6 +66,7 @@ pub(crate) type RefError = (&'static str, String);
 
 pub(crate) fn resolve(
     ctx: &Ctx<'_>,
+    names: &mut super::routes::Names<'_>,
     route_ns: &str,
     r: &BackendObjectReference,
 ) -> Result<Arc<Target>, RefError> {
@@ -133,8 +134,8 @@ pub(crate) fn resolve(
         )));
     }
     Ok(Arc::new(Target {
-        namespace: ns.into(),
-        service: (*r.name).into(),
+        namespace: names.get(ns),
+        service: names.get(&r.name),
         port: port as u16,
         h2c,
         endpoints: endpoints(ctx, svc, sp.name.as_deref()).into(),

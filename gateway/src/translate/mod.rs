@@ -111,7 +111,7 @@ impl<'a> Ctx<'a> {
         let grants = store
             .kind(Kind::ReferenceGrant)
             .filter_map(|s| match &s.object {
-                Object::ReferenceGrant(g) => Some(g),
+                Object::ReferenceGrant(g) => Some(&**g),
                 _ => None,
             })
             .collect();

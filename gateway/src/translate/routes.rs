@@ -77,9 +77,21 @@ struct Shared {
     /// Namespaces and parent names of route ids.
     names: Interner<str>,
     conditions: Interner<[Condition]>,
+    /// Route statuses' parent lists.
+    statuses: Interner<[RouteParentStatus]>,
 }
 
 type Interner<T> = HashSet<Arc<T>, foldhash::fast::RandomState>;
+
+/// The shared copy of a name (namespaces, route, parent and Service names): thousands of
+/// routes name a few namespaces, and a route and its Service often have the same name.
+pub(crate) struct Names<'a>(&'a mut Interner<str>);
+
+impl Names<'_> {
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        intern(self.0, name, || name.into())
+    }
+}
 
 /// The shared copy of `value`, made by `make` the first time.
 fn intern<T: ?Sized + Eq + std::hash::Hash>(
@@ -156,9 +168,9 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             continue;
         }
         translated += 1;
-        let checked = check(ctx, route);
+        let checked = check(ctx, route, &mut Names(&mut cache.shared.names));
         // One copy of the route's name for its ids and its status.
-        let route_name: Arc<str> = (&*route.metadata.name).into();
+        let route_name = Names(&mut cache.shared.names).get(&route.metadata.name);
         let mut attachments = Vec::new();
         let mut parents = Vec::new();
         for pref in &route.spec.parent_refs {
@@ -236,16 +248,19 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 conditions,
             });
         }
-        // Both live as long as the route does: no growth slack (a vector grown by pushes
-        // holds room for four).
-        parents.shrink_to_fit();
+        // Attachments live as long as the route does: no growth slack (a vector grown by
+        // pushes holds room for four).
         let attachments = attachments.into_boxed_slice();
         let status = (!parents.is_empty()).then(|| {
             Arc::new(Entry {
                 namespace: intern(&mut cache.shared.names, ns, || ns.into()),
                 name: route_name,
                 generation: route.metadata.generation,
-                status: RouteStatus { parents },
+                status: RouteStatus {
+                    parents: intern(&mut cache.shared.statuses, &parents[..], || {
+                        Arc::from(parents.as_slice())
+                    }),
+                },
             })
         });
         if let Some(st) = &status {
@@ -273,6 +288,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         keep
     });
     let shared = &mut cache.shared;
+    // Parent lists first: they hold parents and conditions.
+    shared.statuses.retain(|s| Arc::strong_count(s) > 1);
     shared.parents.retain(|p| Arc::strong_count(p) > 1);
     shared.gateways.retain(|g| Arc::strong_count(g) > 1);
     shared.hosts.retain(|h| Arc::strong_count(h) > 1);
@@ -487,15 +504,19 @@ fn namespace_allowed(
 
 /// Semantic checks and resolution, independent of the parent. `Err` makes the route not
 /// Accepted with reason UnsupportedValue.
-fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
+fn check(
+    ctx: &Ctx<'_>,
+    route: &gwapi::HttpRoute,
+    names: &mut Names<'_>,
+) -> Result<Checked, String> {
     let ns = route.metadata.ns();
     let mut unresolved = None;
     let mut rules = Vec::new();
     let unattached = Arc::new(RouteId {
-        namespace: ns.into(),
-        name: (&*route.metadata.name).into(),
-        parent_namespace: "".into(),
-        parent_name: "".into(),
+        namespace: names.get(ns),
+        name: names.get(&route.metadata.name),
+        parent_namespace: names.get(""),
+        parent_name: names.get(""),
     });
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = |f: &str| format!("spec.rules[{ri}].{f}");
@@ -514,18 +535,18 @@ fn check(ctx: &Ctx<'_>, route: &gwapi::HttpRoute) -> Result<Checked, String> {
                     .map_err(|e| format!("{}: {e}", at(&format!("matches[{mi}]"))))
             })
             .collect::<Result<Box<[_]>, _>>()?;
-        let rule_filters = filters(ctx, ns, &rule.filters, &mut unresolved)
+        let rule_filters = filters(ctx, names, ns, &rule.filters, &mut unresolved)
             .map_err(|e| format!("{}: {e}", at("filters")))?;
         let mut backends_out = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
-            let kind = match backends::resolve(ctx, ns, &b.backend) {
+            let kind = match backends::resolve(ctx, names, ns, &b.backend) {
                 Ok(t) => BackendKind::Service(t),
                 Err(e) => {
                     unresolved.get_or_insert(e);
                     BackendKind::Invalid
                 }
             };
-            let bf = filters(ctx, ns, &b.filters, &mut unresolved)
+            let bf = filters(ctx, names, ns, &b.filters, &mut unresolved)
                 .map_err(|e| format!("{}: {e}", at(&format!("backendRefs[{bi}].filters"))))?;
             backends_out.push(Backend {
                 weight: b.weight.unwrap_or(1).max(0) as u32,
@@ -640,6 +661,7 @@ fn anchored(re: &str) -> Result<Regex, String> {
 
 fn filters(
     ctx: &Ctx<'_>,
+    names: &mut Names<'_>,
     ns: &str,
     list: &[gwapi::HttpRouteFilter],
     unresolved: &mut Option<(&'static str, String)>,
@@ -683,7 +705,7 @@ fn filters(
                     (None, Some(p)) => (p.clamp(0, 100) as u32, 100),
                     (None, None) => (1, 1),
                 };
-                match backends::resolve(ctx, ns, &m.backend_ref) {
+                match backends::resolve(ctx, names, ns, &m.backend_ref) {
                     Ok(target) => out.push(Filter::Mirror {
                         target,
                         numerator,

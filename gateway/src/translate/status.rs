@@ -130,10 +130,12 @@ pub struct SupportedKind {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
-    pub parents: Vec<RouteParentStatus>,
+    /// Shared by every route status with the same parents and conditions: most routes of
+    /// a cluster have one parent, accepted with their references resolved.
+    pub parents: Arc<[RouteParentStatus]>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
     /// Shared by every route status naming the same parent.

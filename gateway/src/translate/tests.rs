@@ -351,3 +351,59 @@ fn a_service_gets_the_ready_endpoints_of_exactly_its_own_slices() {
     got.sort();
     assert_eq!(got, ["10.0.0.1:8080", "10.0.0.2:8080"]);
 }
+
+#[test]
+fn routes_share_status_lists_and_names() {
+    let rule = |path: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n    backendRefs: [{{name: svc, port: 80}}]\n"
+        )
+    };
+    let a = route("a", &rule("/a"));
+    let b = route("b", &rule("/b"));
+    let broken = route("c", "  - backendRefs: [{name: nothing, port: 80}]\n");
+    let s = store(&[CLASS_AND_GATEWAY, &a, &b, &broken]);
+    let out = translate(&s, None, "t", &Env::default());
+    let parents = |n: &str| {
+        out.status
+            .http_routes
+            .get("ns", n)
+            .unwrap()
+            .status
+            .parents
+            .clone()
+    };
+    // Accepted with references resolved through the same parent: one list for both.
+    assert!(Arc::ptr_eq(&parents("a"), &parents("b")));
+    assert!(!Arc::ptr_eq(&parents("a"), &parents("c")));
+    let resolved = |n: &str| {
+        let p = parents(n);
+        let c = p[0]
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ResolvedRefs")
+            .unwrap();
+        (c.status, c.reason)
+    };
+    assert_eq!(resolved("a"), ("True", "ResolvedRefs"));
+    assert_eq!(resolved("c"), ("False", "BackendNotFound"));
+    // The targets of both routes name their namespace and Service with shared strings.
+    let p = port(&out.snapshot);
+    let v = p.listener_for(Some("x")).unwrap().vhosts.find("x").unwrap();
+    let targets: Vec<_> = v
+        .entries
+        .iter()
+        .filter_map(|e| match &e.rule.backends.first()?.kind {
+            ir::BackendKind::Service(t) => Some(t.clone()),
+            ir::BackendKind::Invalid => None,
+        })
+        .collect();
+    assert_eq!(targets.len(), 2);
+    assert!(!Arc::ptr_eq(&targets[0], &targets[1]));
+    assert!(Arc::ptr_eq(&targets[0].namespace, &targets[1].namespace));
+    assert!(Arc::ptr_eq(&targets[0].service, &targets[1].service));
+    assert!(Arc::ptr_eq(
+        &targets[0].namespace,
+        &v.entries[0].rule.route.namespace
+    ));
+}
