@@ -196,7 +196,7 @@ pub struct Rule {
     /// Shared by every rule of the route attached through the same parent.
     pub route: Arc<RouteId>,
     pub index: usize,
-    pub name: Option<Box<str>>,
+    pub name: Option<cedille_objects::SharedStr>,
     pub filters: Box<[Filter]>,
     pub backends: Box<[Backend]>,
     /// Sum of backend weights; 0 with backends present means every backend has weight 0.

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{catalog::KindInfo, meta::ObjectMeta};
+use crate::{
+    catalog::KindInfo,
+    meta::{ObjectMeta, SharedStr},
+};
 
 /// A core-group (`v1`) kind.
 const fn core(kind: &'static str, plural: &'static str, namespaced: bool) -> KindInfo {
@@ -191,12 +194,12 @@ impl From<ServiceSpec> for ServiceSpecWire {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<Box<str>>,
+    pub name: Option<SharedStr>,
     pub port: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<Box<str>>,
+    pub protocol: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<Box<str>>,
+    pub app_protocol: Option<SharedStr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -250,7 +253,7 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<EndpointConditions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<Box<str>>,
+    pub hostname: Option<SharedStr>,
 }
 
 impl Endpoint {
@@ -277,13 +280,13 @@ pub struct EndpointConditions {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<Box<str>>,
+    pub name: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<Box<str>>,
+    pub protocol: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<Box<str>>,
+    pub app_protocol: Option<SharedStr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ impl<K: fmt::Display> fmt::Display for ObjKey<K> {
 #[serde(from = "MetaWire", into = "MetaWire")]
 pub struct ObjectMeta {
     pub name: Box<str>,
-    /// Shared between the objects of a namespace (see [`SharedStr::namespace`]).
+    /// Shared between the objects of a namespace (see [`SharedStr::interned`]).
     pub namespace: Option<SharedStr>,
     pub labels: Labels,
     /// From the API server; for manifest files the store starts it at 1 and bumps it when
@@ -120,10 +120,11 @@ struct MetaWire {
 pub struct SharedStr(Arc<Box<str>>);
 
 impl SharedStr {
-    /// The one copy of a namespace name: a cluster has a few namespaces and every
-    /// namespaced object names one. Names no object holds any more are dropped when the
-    /// table has doubled since it was last swept, so it stays within twice the live ones.
-    pub fn namespace(name: &str) -> Self {
+    /// The one copy of a name: a cluster has a few namespaces and every namespaced object
+    /// names one; references name a handful of groups and kinds. Names no object holds
+    /// any more are dropped when the table has doubled since it was last swept, so it
+    /// stays within twice the live ones. Deserialised `SharedStr`s are interned.
+    pub fn interned(name: &str) -> Self {
         let mut guard = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
         let table = guard.get_or_insert_with(Interned::default);
         if let Some(k) = table.set.get(name) {
@@ -234,11 +235,18 @@ impl Serialize for SharedStr {
     }
 }
 
+impl<'de> Deserialize<'de> for SharedStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(SharedStr::interned(&s))
+    }
+}
+
 impl From<MetaWire> for ObjectMeta {
     fn from(w: MetaWire) -> Self {
         ObjectMeta {
             name: w.name,
-            namespace: w.namespace.as_deref().map(SharedStr::namespace),
+            namespace: w.namespace.as_deref().map(SharedStr::interned),
             labels: w.labels,
             generation: w.generation,
             creation_timestamp: w.creation_timestamp.as_deref().map(SharedStr::from),
@@ -411,9 +419,9 @@ mod tests {
         // Names nobody holds any more are swept: a thousand passing namespaces leave the
         // table within twice what is live.
         for i in 0..1000 {
-            drop(SharedStr::namespace(&format!("passing-{i}")));
+            drop(SharedStr::interned(&format!("passing-{i}")));
         }
-        let again = SharedStr::namespace("interned-shop");
+        let again = SharedStr::interned("interned-shop");
         assert!(Arc::ptr_eq(&again.0, &na.0), "a live name stays shared");
         let table = NAMESPACES.lock().unwrap().as_ref().unwrap().set.len();
         assert!(table < 100, "{table} names in the table");

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use cedille_objects::SharedStr;
+
 use super::ObjectMeta;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -263,14 +265,14 @@ pub struct HttpRouteSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<Box<str>>,
+    pub group: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<Box<str>>,
+    pub kind: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<Box<str>>,
+    pub namespace: Option<SharedStr>,
     pub name: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<Box<str>>,
+    pub section_name: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
@@ -279,7 +281,7 @@ pub struct ParentReference {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<Box<str>>,
+    pub name: Option<SharedStr>,
     #[serde(default)]
     pub matches: Box<[HttpRouteMatch]>,
     #[serde(default)]
@@ -303,16 +305,16 @@ pub struct HttpRouteMatch {
     #[serde(default)]
     pub query_params: Box<[HttpHeaderMatch]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<Box<str>>,
+    pub method: Option<SharedStr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpPathMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<Box<str>>,
+    pub type_: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Box<str>>,
+    pub value: Option<SharedStr>,
 }
 
 /// A header or query parameter match (same shape).
@@ -320,7 +322,7 @@ pub struct HttpPathMatch {
 #[serde(rename_all = "camelCase")]
 pub struct HttpHeaderMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<Box<str>>,
+    pub type_: Option<SharedStr>,
     pub name: Box<str>,
     pub value: Box<str>,
 }
@@ -436,12 +438,12 @@ pub struct HttpCors {
 #[serde(rename_all = "camelCase")]
 pub struct BackendObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<Box<str>>,
+    pub group: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<Box<str>>,
+    pub kind: Option<SharedStr>,
     pub name: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<Box<str>>,
+    pub namespace: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
