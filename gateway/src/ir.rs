@@ -173,7 +173,9 @@ impl ValueMatch {
 #[derive(Clone, Debug)]
 pub struct Matcher {
     pub path: PathMatch,
-    pub method: Option<Method>,
+    /// Boxed: few matches name a method, and a matcher without one is a size class
+    /// smaller.
+    pub method: Option<Box<Method>>,
     /// Boxed slices, here and below: what lives as long as a snapshot keeps no growth
     /// slack or capacity word.
     pub headers: Box<[(HeaderName, ValueMatch)]>,
@@ -199,8 +201,6 @@ pub struct Rule {
     pub name: Option<cedille_objects::SharedStr>,
     pub filters: Box<[Filter]>,
     pub backends: Box<[Backend]>,
-    /// Sum of backend weights; 0 with backends present means every backend has weight 0.
-    pub total_weight: u64,
     /// Timeouts and retry, boxed together: few rules have any, and every rule lives as
     /// long as its snapshot.
     pub limits: Option<Box<Limits>>,
@@ -217,6 +217,13 @@ pub struct Limits {
 }
 
 impl Rule {
+    /// Sum of backend weights; 0 with backends present means every backend has weight 0.
+    /// Summed when asked (a rule has a few backends): a field would make every rule a size
+    /// class larger.
+    pub fn total_weight(&self) -> u64 {
+        self.backends.iter().map(|b| u64::from(b.weight)).sum()
+    }
+
     pub fn request_timeout(&self) -> Option<Duration> {
         self.limits.as_ref().and_then(|l| l.request_timeout)
     }
@@ -314,9 +321,10 @@ pub struct Target {
     pub port: u16,
     pub h2c: bool,
     pub endpoints: Box<[SocketAddr]>,
-    /// TLS to the endpoints, from a BackendTLSPolicy.
+    /// TLS to the endpoints, from a BackendTLSPolicy. Boxed: most Services have none,
+    /// and a target without it is a size class smaller.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<BackendTls>,
+    pub tls: Option<Box<BackendTls>>,
 }
 
 /// How to reach a Service over TLS; `Invalid` when its policy cannot be applied (requests
@@ -429,7 +437,7 @@ fn describe_entry(e: &RouteEntry) -> serde_json::Value {
         "route": format!("{}/{}", e.rule.route.namespace, e.rule.route.name),
         "rule": e.rule.index,
         "path": path,
-        "method": m.method.as_ref().map(|x| x.as_str()),
+        "method": m.method.as_deref().map(Method::as_str),
         "headers": m.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         "queryParams": m.query.iter().map(|(n, _)| &**n).collect::<Vec<_>>(),
         "filters": e.rule.filters.len(),

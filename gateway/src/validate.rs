@@ -130,7 +130,7 @@ fn http_route(spec: &gwapi::HttpRouteSpec, p: &mut Problems) {
     let mut rule_names = HashSet::new();
     for (r, rule) in spec.rules.iter().enumerate() {
         let f = |field: String| format!("spec.rules[{r}].{field}");
-        if let Some(n) = &rule.name
+        if let Some(n) = rule.name()
             && !rule_names.insert(n)
         {
             p.push((f("name".into()), format!("duplicate rule name {n:?}")));
@@ -171,7 +171,7 @@ fn http_route(spec: &gwapi::HttpRouteSpec, p: &mut Problems) {
         filters(&rule.filters, &format!("spec.rules[{r}].filters"), p);
         for (b, br) in rule.backend_refs.iter().enumerate() {
             filters(
-                &br.filters,
+                br.filters(),
                 &format!("spec.rules[{r}].backendRefs[{b}].filters"),
                 p,
             );
@@ -184,7 +184,7 @@ fn http_route(spec: &gwapi::HttpRouteSpec, p: &mut Problems) {
                 ));
             }
         }
-        if let Some(t) = &rule.timeouts {
+        if let Some(t) = rule.timeouts() {
             for (field, v) in [
                 ("request", &t.request),
                 ("backendRequest", &t.backend_request),

@@ -227,8 +227,9 @@ pub struct LoadBalancerIngress {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     pub metadata: ObjectMeta,
+    /// Shared: IPv4, IPv6 or FQDN.
     #[serde(default)]
-    pub address_type: Box<str>,
+    pub address_type: SharedStr,
     #[serde(default)]
     pub endpoints: Box<[Endpoint]>,
     #[serde(default)]

@@ -179,6 +179,12 @@ impl Deref for SharedStr {
     }
 }
 
+impl Default for SharedStr {
+    fn default() -> Self {
+        SharedStr::interned("")
+    }
+}
+
 impl From<&str> for SharedStr {
     fn from(s: &str) -> Self {
         SharedStr(Arc::new(s.into()))
@@ -287,13 +293,14 @@ pub use cedille_common::rfc3339;
 /// none or one (an EndpointSlice's `kubernetes.io/service-name`), and a `BTreeMap` would
 /// give even one pair a node with room for eleven (over 500 bytes per object). Behind a
 /// thin pointer, none when empty: every stored object carries labels, most have none.
+/// Keys are shared (a cluster uses a few dozen label keys on all its objects).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Labels(Option<Box<Pairs>>);
 
-type Pairs = Box<[(Box<str>, Box<str>)]>;
+type Pairs = Box<[(SharedStr, Box<str>)]>;
 
 impl Labels {
-    fn pairs(&self) -> &[(Box<str>, Box<str>)] {
+    fn pairs(&self) -> &[(SharedStr, Box<str>)] {
         self.0.as_deref().map_or(&[], |p| p)
     }
 
@@ -337,7 +344,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
         }
         Self(Some(Box::new(
             map.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .map(|(k, v)| (SharedStr::interned(&k), v.into_boxed_str()))
                 .collect(),
         )))
     }

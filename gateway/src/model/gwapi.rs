@@ -278,21 +278,85 @@ pub struct ParentReference {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "HttpRouteRuleWire", into = "HttpRouteRuleWire")]
 pub struct HttpRouteRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<SharedStr>,
-    #[serde(default)]
     pub matches: Box<[HttpRouteMatch]>,
-    #[serde(default)]
     pub filters: Box<[HttpRouteFilter]>,
-    #[serde(default)]
     pub backend_refs: Box<[HttpBackendRef]>,
-    // Boxed: few rules have them, and every route is stored.
+    /// Name, timeouts and retry, in one box: few rules have any, every route is stored,
+    /// and a rule without them is a size class smaller.
+    rare: Option<Box<RuleRare>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RuleRare {
+    name: Option<SharedStr>,
+    timeouts: Option<HttpRouteTimeouts>,
+    retry: Option<HttpRouteRetry>,
+}
+
+impl HttpRouteRule {
+    pub fn name(&self) -> Option<&SharedStr> {
+        self.rare.as_ref().and_then(|r| r.name.as_ref())
+    }
+
+    pub fn timeouts(&self) -> Option<&HttpRouteTimeouts> {
+        self.rare.as_ref().and_then(|r| r.timeouts.as_ref())
+    }
+
+    pub fn retry(&self) -> Option<&HttpRouteRetry> {
+        self.rare.as_ref().and_then(|r| r.retry.as_ref())
+    }
+}
+
+/// [`HttpRouteRule`] as it is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteRuleWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<Box<HttpRouteTimeouts>>,
+    name: Option<SharedStr>,
+    #[serde(default)]
+    matches: Box<[HttpRouteMatch]>,
+    #[serde(default)]
+    filters: Box<[HttpRouteFilter]>,
+    #[serde(default)]
+    backend_refs: Box<[HttpBackendRef]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<Box<HttpRouteRetry>>,
+    timeouts: Option<HttpRouteTimeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry: Option<HttpRouteRetry>,
+}
+
+impl From<HttpRouteRuleWire> for HttpRouteRule {
+    fn from(w: HttpRouteRuleWire) -> Self {
+        let rare = (w.name.is_some() || w.timeouts.is_some() || w.retry.is_some()).then(|| {
+            Box::new(RuleRare {
+                name: w.name,
+                timeouts: w.timeouts,
+                retry: w.retry,
+            })
+        });
+        HttpRouteRule {
+            matches: w.matches,
+            filters: w.filters,
+            backend_refs: w.backend_refs,
+            rare,
+        }
+    }
+}
+
+impl From<HttpRouteRule> for HttpRouteRuleWire {
+    fn from(r: HttpRouteRule) -> Self {
+        let rare = r.rare.map(|r| *r).unwrap_or_default();
+        HttpRouteRuleWire {
+            name: rare.name,
+            matches: r.matches,
+            filters: r.filters,
+            backend_refs: r.backend_refs,
+            timeouts: rare.timeouts,
+            retry: rare.retry,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -455,8 +519,16 @@ pub struct HttpBackendRef {
     pub backend: BackendObjectReference,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
-    #[serde(default)]
-    pub filters: Box<[HttpRouteFilter]>,
+    /// Behind a thin pointer: few backendRefs have filters, and one without is a size
+    /// class smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filters: Option<Box<Box<[HttpRouteFilter]>>>,
+}
+
+impl HttpBackendRef {
+    pub fn filters(&self) -> &[HttpRouteFilter] {
+        self.filters.as_deref().map_or(&[], |f| f)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -559,4 +631,48 @@ pub struct SubjectAltName {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rare_rule_and_backend_fields_read_and_write_as_written() {
+        let text = serde_json::json!({
+            "name": "first",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/a"}}],
+            "backendRefs": [{
+                "name": "svc", "port": 80, "weight": 3,
+                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x"]}}]
+            }],
+            "timeouts": {"request": "5s"},
+            "retry": {"codes": [503], "attempts": 2}
+        });
+        let rule: HttpRouteRule = serde_json::from_value(text.clone()).unwrap();
+        assert_eq!(rule.name().map(|n| &**n), Some("first"));
+        assert_eq!(rule.timeouts().unwrap().request.as_deref(), Some("5s"));
+        assert_eq!(rule.retry().unwrap().codes, [503]);
+        assert_eq!(rule.backend_refs[0].filters().len(), 1);
+        let written = serde_json::to_value(&rule).unwrap();
+        assert_eq!(written["name"], "first");
+        assert_eq!(written["timeouts"], text["timeouts"]);
+        assert_eq!(written["retry"], text["retry"]);
+        assert_eq!(
+            serde_json::from_value::<HttpRouteRule>(written).unwrap(),
+            rule
+        );
+
+        let plain: HttpRouteRule =
+            serde_json::from_value(serde_json::json!({"backendRefs": [{"name": "svc"}]})).unwrap();
+        assert!(plain.rare.is_none() && plain.name().is_none() && plain.retry().is_none());
+        assert!(plain.backend_refs[0].filters().is_empty());
+        assert_eq!(
+            plain,
+            HttpRouteRule {
+                backend_refs: plain.backend_refs.clone(),
+                ..Default::default()
+            }
+        );
+    }
 }

@@ -373,7 +373,7 @@ fn matches<B>(m: &ir::Matcher, req: &Request<B>, query: &[(String, String)]) -> 
     if !m.path.matches(req.uri().path()) {
         return false;
     }
-    if m.method.as_ref().is_some_and(|x| x != req.method()) {
+    if m.method.as_deref().is_some_and(|x| x != req.method()) {
         return false;
     }
     for (name, v) in &m.headers {
@@ -488,14 +488,15 @@ async fn process<B: RequestBody>(
     }
 
     // Weighted choice of backend; invalid or absent backends answer 500.
-    if rule.backends.is_empty() || rule.total_weight == 0 {
+    let total_weight = rule.total_weight();
+    if rule.backends.is_empty() || total_weight == 0 {
         return fail(
             Failure::new(Origin::Configuration, "no_backend"),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the route rule has no usable backend",
         );
     }
-    let mut pick = rand::random_range(0..rule.total_weight);
+    let mut pick = rand::random_range(0..total_weight);
     let backend = rule
         .backends
         .iter()

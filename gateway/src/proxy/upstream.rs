@@ -150,7 +150,7 @@ impl Upstreams {
             r.map(|resp| resp.map(UpstreamBody::plain))
                 .map_err(SendError::from_client)
         };
-        match &target.tls {
+        match target.tls.as_deref() {
             None if !target.h2c => match self.h1.send(addr, req).await {
                 Ok(r) => Ok(r),
                 Err(Failed::Connect(e)) => Err(SendError::Connect(e)),

@@ -139,7 +139,7 @@ pub(crate) fn resolve(
         port: port as u16,
         h2c,
         endpoints: endpoints(ctx, svc, sp.name.as_deref()).into(),
-        tls,
+        tls: tls.map(Box::new),
     }))
 }
 

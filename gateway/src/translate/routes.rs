@@ -78,7 +78,7 @@ struct Shared {
     names: Interner<str>,
     conditions: Interner<[Condition]>,
     /// Route statuses' parent lists.
-    statuses: Interner<[RouteParentStatus]>,
+    statuses: Interner<Box<[RouteParentStatus]>>,
 }
 
 type Interner<T> = HashSet<Arc<T>, foldhash::fast::RandomState>;
@@ -257,9 +257,12 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                 name: route_name,
                 generation: route.metadata.generation,
                 status: RouteStatus {
-                    parents: intern(&mut cache.shared.statuses, &parents[..], || {
-                        Arc::from(parents.as_slice())
-                    }),
+                    parents: {
+                        let parents = parents.into_boxed_slice();
+                        intern(&mut cache.shared.statuses, &parents, || {
+                            Arc::new(parents.clone())
+                        })
+                    },
                 },
             })
         });
@@ -460,7 +463,7 @@ fn with_client_cert(rule: &mut Rule, ck: &Arc<rustls::sign::CertifiedKey>, gw_ns
         let BackendKind::Service(t) = &b.kind else {
             continue;
         };
-        let Some(ir::BackendTls::Ready(tls)) = &t.tls else {
+        let Some(ir::BackendTls::Ready(tls)) = t.tls.as_deref() else {
             continue;
         };
         let tls = ir::UpstreamTls {
@@ -477,7 +480,7 @@ fn with_client_cert(rule: &mut Rule, ck: &Arc<rustls::sign::CertifiedKey>, gw_ns
             port: t.port,
             h2c: t.h2c,
             endpoints: t.endpoints.clone(),
-            tls: Some(ir::BackendTls::Ready(Arc::new(tls))),
+            tls: Some(Box::new(ir::BackendTls::Ready(Arc::new(tls)))),
         }));
     }
 }
@@ -546,7 +549,7 @@ fn check(
                     BackendKind::Invalid
                 }
             };
-            let bf = filters(ctx, names, ns, &b.filters, &mut unresolved)
+            let bf = filters(ctx, names, ns, b.filters(), &mut unresolved)
                 .map_err(|e| format!("{}: {e}", at(&format!("backendRefs[{bi}].filters"))))?;
             backends_out.push(Backend {
                 weight: b.weight.unwrap_or(1).max(0) as u32,
@@ -554,10 +557,9 @@ fn check(
                 filters: bf.into(),
             });
         }
-        let total_weight = backends_out.iter().map(|b| u64::from(b.weight)).sum();
         let timeout =
             |v: Option<&String>| v.and_then(|s| duration::parse(s)).filter(|d| !d.is_zero());
-        let retry = rule.retry.as_ref().map(|r| ir::Retry {
+        let retry = rule.retry().map(|r| ir::Retry {
             codes: r.codes.clone(),
             attempts: r.attempts.unwrap_or(1).max(0) as u32,
             backoff: r
@@ -567,12 +569,8 @@ fn check(
                 .unwrap_or(Duration::from_millis(25)),
         });
         let limits = ir::Limits {
-            request_timeout: timeout(rule.timeouts.as_ref().and_then(|t| t.request.as_ref())),
-            backend_timeout: timeout(
-                rule.timeouts
-                    .as_ref()
-                    .and_then(|t| t.backend_request.as_ref()),
-            ),
+            request_timeout: timeout(rule.timeouts().and_then(|t| t.request.as_ref())),
+            backend_timeout: timeout(rule.timeouts().and_then(|t| t.backend_request.as_ref())),
             retry,
         };
         let has_limits = limits.request_timeout.is_some()
@@ -582,10 +580,9 @@ fn check(
             // Set when the route attaches to a parent.
             route: unattached.clone(),
             index: ri,
-            name: rule.name.clone(),
+            name: rule.name().cloned(),
             filters: rule_filters.into(),
             backends: backends_out.into(),
-            total_weight,
             limits: has_limits.then(|| Box::new(limits)),
             metrics: Default::default(),
         };
@@ -616,9 +613,9 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
     };
     let method = match &m.method {
         None => None,
-        Some(s) => Some(
+        Some(s) => Some(Box::new(
             Method::from_bytes(s.as_bytes()).map_err(|_| format!("method {s:?} is not valid"))?,
-        ),
+        )),
     };
     let mut headers = Vec::new();
     for h in &m.headers {

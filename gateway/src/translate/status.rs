@@ -131,8 +131,9 @@ pub struct SupportedKind {
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
     /// Shared by every route status with the same parents and conditions: most routes of
-    /// a cluster have one parent, accepted with their references resolved.
-    pub parents: Arc<[RouteParentStatus]>,
+    /// a cluster have one parent, accepted with their references resolved. A thin
+    /// pointer: every route's status entry is a size class smaller.
+    pub parents: Arc<Box<[RouteParentStatus]>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]

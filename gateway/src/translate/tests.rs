@@ -51,7 +51,7 @@ fn pick(p: &ir::PortConfig, host: &str, path: &str, method: &str) -> Option<(Str
     v.entries
         .iter()
         .find(|e| {
-            e.matcher.path.matches(path) && e.matcher.method.as_ref().is_none_or(|m| *m == method)
+            e.matcher.path.matches(path) && e.matcher.method.as_deref().is_none_or(|m| *m == method)
         })
         .map(|e| (e.rule.route.name.to_string(), e.rule.index))
 }
