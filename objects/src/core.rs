@@ -143,9 +143,10 @@ impl Service {
 #[serde(from = "ServiceSpecWire", into = "ServiceSpecWire")]
 pub struct ServiceSpec {
     pub ports: Box<[ServicePort]>,
-    /// `clusterIPs`, with `clusterIP` first when the manifest gives only that (the API
-    /// server keeps `clusterIP` as the first of `clusterIPs`); "None" for headless
-    /// Services. One list: a second field would make every record a size class larger.
+    /// `clusterIPs`, then `clusterIP` if that list does not hold it (the API server keeps
+    /// `clusterIP` as the first of `clusterIPs`; a manifest may give either); "None" for
+    /// headless Services. One list: a second field would make every record a size class
+    /// larger. Written back, `clusterIP` is the first of the list.
     pub cluster_ips: Box<[Box<str>]>,
 }
 
@@ -169,7 +170,7 @@ impl From<ServiceSpecWire> for ServiceSpec {
     fn from(w: ServiceSpecWire) -> Self {
         let cluster_ips = match w.cluster_ip {
             Some(ip) if !w.cluster_ips.contains(&ip) => {
-                std::iter::once(ip).chain(w.cluster_ips).collect()
+                w.cluster_ips.into_iter().chain([ip]).collect()
             }
             _ => w.cluster_ips,
         };

@@ -121,26 +121,34 @@ pub struct SharedStr(Arc<Box<str>>);
 
 impl SharedStr {
     /// The one copy of a name: a cluster has a few namespaces and every namespaced object
-    /// names one; references name a handful of groups and kinds. Names no object holds
-    /// any more are dropped when the table has doubled since it was last swept, so it
-    /// stays within twice the live ones. Deserialised `SharedStr`s are interned.
+    /// names one; references name a handful of groups and kinds. Only for values that
+    /// repeat: a value held once costs a table slot and a larger allocation than a
+    /// `Box<str>`. Deserialised `SharedStr`s are interned.
+    ///
+    /// Before the table grows past twice its size at the last sweep, names nothing else
+    /// holds are dropped: it stays within about twice the most names live at once.
     pub fn interned(name: &str) -> Self {
-        let mut guard = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+        Self::intern(std::borrow::Cow::Borrowed(name))
+    }
+
+    fn intern(name: std::borrow::Cow<'_, str>) -> Self {
+        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
         let table = guard.get_or_insert_with(Interned::default);
-        if let Some(k) = table.set.get(name) {
+        if let Some(k) = table.set.get(&*name) {
             return SharedStr(k.0.clone());
         }
         if table.set.len() >= 2 * table.swept + 16 {
             table.set.retain(|k| Arc::strong_count(&k.0) > 1);
+            table.set.shrink_to_fit();
             table.swept = table.set.len();
         }
-        let shared = SharedStr::from(name);
+        let shared = SharedStr::from(name.into_owned());
         table.set.insert(Key(shared.0.clone()));
         shared
     }
 }
 
-static NAMESPACES: Mutex<Option<Interned>> = Mutex::new(None);
+static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
 
 #[derive(Default)]
 struct Interned {
@@ -243,8 +251,9 @@ impl Serialize for SharedStr {
 
 impl<'de> Deserialize<'de> for SharedStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Ok(SharedStr::interned(&s))
+        Ok(SharedStr::intern(
+            std::borrow::Cow::<'de, str>::deserialize(d)?,
+        ))
     }
 }
 
@@ -430,7 +439,7 @@ mod tests {
         }
         let again = SharedStr::interned("interned-shop");
         assert!(Arc::ptr_eq(&again.0, &na.0), "a live name stays shared");
-        let table = NAMESPACES.lock().unwrap().as_ref().unwrap().set.len();
+        let table = INTERNED.lock().unwrap().as_ref().unwrap().set.len();
         assert!(table < 100, "{table} names in the table");
         // Every later name looks the table up, so other tests' namespaces may be in it.
         assert_eq!(Arc::strong_count(&na.0), 4, "three holders and the table");

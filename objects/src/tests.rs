@@ -490,7 +490,7 @@ fn a_service_keeps_its_cluster_ips_in_one_list() {
         ips(&spec(
             r#"{"clusterIP": "10.0.0.2", "clusterIPs": ["fd00::1"]}"#
         )),
-        ["10.0.0.2", "fd00::1"]
+        ["fd00::1", "10.0.0.2"]
     );
     assert_eq!(ips(&spec(r#"{"clusterIP": "None"}"#)), ["None"]);
     assert!(ips(&spec("{}")).is_empty());

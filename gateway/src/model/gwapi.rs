@@ -277,8 +277,8 @@ pub struct ParentReference {
     pub port: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "HttpRouteRuleWire", into = "HttpRouteRuleWire")]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(from = "HttpRouteRuleWire")]
 pub struct HttpRouteRule {
     pub matches: Box<[HttpRouteMatch]>,
     pub filters: Box<[HttpRouteFilter]>,
@@ -309,11 +309,11 @@ impl HttpRouteRule {
     }
 }
 
-/// [`HttpRouteRule`] as it is written.
-#[derive(Serialize, Deserialize)]
+/// [`HttpRouteRule`] as it is read.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HttpRouteRuleWire {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     name: Option<SharedStr>,
     #[serde(default)]
     matches: Box<[HttpRouteMatch]>,
@@ -321,9 +321,9 @@ struct HttpRouteRuleWire {
     filters: Box<[HttpRouteFilter]>,
     #[serde(default)]
     backend_refs: Box<[HttpBackendRef]>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     timeouts: Option<HttpRouteTimeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     retry: Option<HttpRouteRetry>,
 }
 
@@ -345,17 +345,32 @@ impl From<HttpRouteRuleWire> for HttpRouteRule {
     }
 }
 
-impl From<HttpRouteRule> for HttpRouteRuleWire {
-    fn from(r: HttpRouteRule) -> Self {
-        let rare = r.rare.map(|r| *r).unwrap_or_default();
-        HttpRouteRuleWire {
-            name: rare.name,
-            matches: r.matches,
-            filters: r.filters,
-            backend_refs: r.backend_refs,
-            timeouts: rare.timeouts,
-            retry: rare.retry,
+/// Written as read, without copying the rule (every stored route's spec is written once
+/// for its fingerprint).
+impl Serialize for HttpRouteRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Written<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: Option<&'a SharedStr>,
+            matches: &'a [HttpRouteMatch],
+            filters: &'a [HttpRouteFilter],
+            backend_refs: &'a [HttpBackendRef],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            timeouts: Option<&'a HttpRouteTimeouts>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry: Option<&'a HttpRouteRetry>,
         }
+        Written {
+            name: self.name(),
+            matches: &self.matches,
+            filters: &self.filters,
+            backend_refs: &self.backend_refs,
+            timeouts: self.timeouts(),
+            retry: self.retry(),
+        }
+        .serialize(s)
     }
 }
 
@@ -377,6 +392,7 @@ pub struct HttpRouteMatch {
 pub struct HttpPathMatch {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<SharedStr>,
+    /// Shared: the same paths ("/", "/api") recur across a cluster's routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<SharedStr>,
 }
@@ -520,9 +536,20 @@ pub struct HttpBackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
     /// Behind a thin pointer: few backendRefs have filters, and one without is a size
-    /// class smaller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    filters: Option<Box<Box<[HttpRouteFilter]>>>,
+    /// class smaller. None when the list is empty or absent (the two mean the same).
+    #[serde(
+        default,
+        deserialize_with = "thin_filters",
+        skip_serializing_if = "Option::is_none"
+    )]
+    filters: Option<Box<Filters>>,
+}
+
+type Filters = Box<[HttpRouteFilter]>;
+
+fn thin_filters<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<Filters>>, D::Error> {
+    let list = Filters::deserialize(d)?;
+    Ok((!list.is_empty()).then(|| Box::new(list)))
 }
 
 impl HttpBackendRef {
@@ -667,6 +694,16 @@ mod tests {
             serde_json::from_value(serde_json::json!({"backendRefs": [{"name": "svc"}]})).unwrap();
         assert!(plain.rare.is_none() && plain.name().is_none() && plain.retry().is_none());
         assert!(plain.backend_refs[0].filters().is_empty());
+        // An empty list and none are the same rule (and the same spec fingerprint).
+        let empty: HttpRouteRule = serde_json::from_value(
+            serde_json::json!({"backendRefs": [{"name": "svc", "filters": []}]}),
+        )
+        .unwrap();
+        assert_eq!(empty, plain);
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
         assert_eq!(
             plain,
             HttpRouteRule {

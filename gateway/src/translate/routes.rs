@@ -74,7 +74,8 @@ struct Shared {
     parents: Interner<gwapi::ParentReference>,
     gateways: Interner<(String, String)>,
     hosts: Interner<str>,
-    /// Namespaces and parent names of route ids.
+    /// Namespaces, route and parent names of route ids and statuses, and the namespace
+    /// and Service names of targets.
     names: Interner<str>,
     conditions: Interner<[Condition]>,
     /// Route statuses' parent lists.
