@@ -92,8 +92,9 @@ impl Rare {
 #[serde(rename_all = "camelCase")]
 struct MetaWire {
     name: Box<str>,
+    /// Interned as it is read (see [`SharedStr::interned`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    namespace: Option<Box<str>>,
+    namespace: Option<SharedStr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uid: Option<Box<str>>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
@@ -134,8 +135,8 @@ impl SharedStr {
     fn intern(name: std::borrow::Cow<'_, str>) -> Self {
         let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
         let table = guard.get_or_insert_with(Interned::default);
-        if let Some(k) = table.set.get(&*name) {
-            return SharedStr(k.0.clone());
+        if let Some(shared) = table.set.get(&*name) {
+            return shared.clone();
         }
         if table.set.len() >= 2 * table.swept + 16 {
             table.set.retain(|k| Arc::strong_count(&k.0) > 1);
@@ -143,7 +144,7 @@ impl SharedStr {
             table.swept = table.set.len();
         }
         let shared = SharedStr::from(name.into_owned());
-        table.set.insert(Key(shared.0.clone()));
+        table.set.insert(shared.clone());
         shared
     }
 }
@@ -152,31 +153,15 @@ static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
 
 #[derive(Default)]
 struct Interned {
-    set: HashSet<Key>,
+    set: HashSet<SharedStr>,
     /// Its size after the last sweep.
     swept: usize,
 }
 
-/// A table entry, looked up by `&str`.
-struct Key(Arc<Box<str>>);
-
-impl Borrow<str> for Key {
+/// Looked up by `&str` in the table: hashed and compared as the string it holds.
+impl Borrow<str> for SharedStr {
     fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        **self.0 == **other.0
-    }
-}
-
-impl Eq for Key {}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        (**self.0).hash(h)
+        self
     }
 }
 
@@ -261,10 +246,10 @@ impl From<MetaWire> for ObjectMeta {
     fn from(w: MetaWire) -> Self {
         ObjectMeta {
             name: w.name,
-            namespace: w.namespace.as_deref().map(SharedStr::interned),
+            namespace: w.namespace,
             labels: w.labels,
             generation: w.generation,
-            creation_timestamp: w.creation_timestamp.as_deref().map(SharedStr::from),
+            creation_timestamp: w.creation_timestamp.map(|t| t.into_string().into()),
             rare: Rare::new(w.uid, w.annotations),
         }
     }
@@ -275,7 +260,7 @@ impl From<ObjectMeta> for MetaWire {
         let rare = m.rare.map(|r| *r).unwrap_or_default();
         MetaWire {
             name: m.name,
-            namespace: m.namespace.as_deref().map(Box::from),
+            namespace: m.namespace,
             uid: rare.uid,
             labels: m.labels,
             annotations: rare.annotations,
@@ -439,9 +424,9 @@ mod tests {
         }
         let again = SharedStr::interned("interned-shop");
         assert!(Arc::ptr_eq(&again.0, &na.0), "a live name stays shared");
+        // Other tests running beside this one may hold a few names of their own.
         let table = INTERNED.lock().unwrap().as_ref().unwrap().set.len();
         assert!(table < 100, "{table} names in the table");
-        // Every later name looks the table up, so other tests' namespaces may be in it.
         assert_eq!(Arc::strong_count(&na.0), 4, "three holders and the table");
         assert_eq!(
             serde_json::to_value(ObjectMeta {
