@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap, collections::HashMap, net::SocketAddr, sync::Arc, time::Duration,
 };
 
+use cedille_objects::SharedStr;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use rustls::sign::CertifiedKey;
@@ -123,11 +124,13 @@ pub struct RouteEntry {
     pub rule: Arc<Rule>,
 }
 
+/// The paths are shared strings: the same paths ("/", "/api") recur across routes, and
+/// the route objects hold the same strings.
 #[derive(Clone, Debug)]
 pub enum PathMatch {
-    Exact(Box<str>),
+    Exact(SharedStr),
     /// Normalised: no trailing slash except for "/" itself.
-    Prefix(Box<str>),
+    Prefix(SharedStr),
     /// Boxed, here and in [`ValueMatch`]: a regex is 32 bytes, few matches have one, and
     /// every matcher carries this enum.
     Regex(Box<Regex>),
@@ -179,18 +182,109 @@ pub struct Matcher {
     /// Boxed slices, here and below: what lives as long as a snapshot keeps no growth
     /// slack or capacity word.
     pub headers: Box<[(HeaderName, ValueMatch)]>,
-    pub query: Box<[(Box<str>, ValueMatch)]>,
+    /// Few matches name query parameters.
+    pub query: ThinList<(Box<str>, ValueMatch)>,
 }
 
-/// Where a rule's traffic comes from, for status, logs and metric labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+/// A list behind one thin pointer, null when empty: for lists that most matches, rules
+/// and backends leave empty, in structures every route has (a boxed slice is two words).
+pub struct ThinList<T>(Option<Box<Box<[T]>>>);
+
+impl<T> From<Vec<T>> for ThinList<T> {
+    fn from(v: Vec<T>) -> Self {
+        ThinList((!v.is_empty()).then(|| Box::new(v.into_boxed_slice())))
+    }
+}
+
+impl<T> Default for ThinList<T> {
+    fn default() -> Self {
+        ThinList(None)
+    }
+}
+
+impl<T: Clone> Clone for ThinList<T> {
+    fn clone(&self) -> Self {
+        ThinList(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for ThinList<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.0.as_deref().map_or(&[], |b| b)
+    }
+}
+
+impl<T> std::ops::DerefMut for ThinList<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.0.as_deref_mut().map_or(&mut [], |b| b)
+    }
+}
+
+impl<'a, T> IntoIterator for &'a ThinList<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ThinList<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Where a rule's traffic comes from, for status, logs and metric labels: the route as
+/// stored (its namespace and name; the snapshot holds the record anyway) and the parent
+/// it attached through, `(namespace, name)`, shared by the routes of that parent. Two
+/// pointers: every route of every parent has one.
+#[derive(Clone)]
 pub struct RouteId {
-    /// Shared with the metric labels of the route (and namespaces and parents between
-    /// routes).
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    pub parent_namespace: Arc<str>,
-    pub parent_name: Arc<str>,
+    route: Arc<crate::store::Stored>,
+    /// None for a route's rules before they attach to a parent.
+    parent: Option<Arc<(String, String)>>,
+}
+
+impl RouteId {
+    pub fn new(route: Arc<crate::store::Stored>, parent: Option<Arc<(String, String)>>) -> Self {
+        RouteId { route, parent }
+    }
+    pub fn namespace(&self) -> &str {
+        self.route.object.meta().ns()
+    }
+    pub fn name(&self) -> &str {
+        &self.route.object.meta().name
+    }
+    pub fn parent_namespace(&self) -> &str {
+        self.parent.as_ref().map_or("", |p| &p.0)
+    }
+    pub fn parent_name(&self) -> &str {
+        self.parent.as_ref().map_or("", |p| &p.1)
+    }
+}
+
+impl std::fmt::Debug for RouteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteId")
+            .field("namespace", &self.namespace())
+            .field("name", &self.name())
+            .field("parent_namespace", &self.parent_namespace())
+            .field("parent_name", &self.parent_name())
+            .finish()
+    }
+}
+
+impl Serialize for RouteId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RouteId", 4)?;
+        st.serialize_field("namespace", self.namespace())?;
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("parent_namespace", self.parent_namespace())?;
+        st.serialize_field("parent_name", self.parent_name())?;
+        st.end()
+    }
 }
 
 #[derive(Clone)]
@@ -198,8 +292,7 @@ pub struct Rule {
     /// Shared by every rule of the route attached through the same parent.
     pub route: Arc<RouteId>,
     pub index: usize,
-    pub name: Option<cedille_objects::SharedStr>,
-    pub filters: Box<[Filter]>,
+    pub filters: ThinList<Filter>,
     pub backends: Box<[Backend]>,
     /// Timeouts and retry, boxed together: few rules have any, and every rule lives as
     /// long as its snapshot.
@@ -301,7 +394,7 @@ pub struct Backend {
     pub weight: u32,
     pub kind: BackendKind,
     /// Filters on this backendRef, applied after the rule's.
-    pub filters: Box<[Filter]>,
+    pub filters: ThinList<Filter>,
 }
 
 #[derive(Clone)]
@@ -434,7 +527,7 @@ fn describe_entry(e: &RouteEntry) -> serde_json::Value {
         })
         .collect();
     json!({
-        "route": format!("{}/{}", e.rule.route.namespace, e.rule.route.name),
+        "route": format!("{}/{}", e.rule.route.namespace(), e.rule.route.name()),
         "rule": e.rule.index,
         "path": path,
         "method": m.method.as_deref().map(Method::as_str),

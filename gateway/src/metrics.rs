@@ -487,33 +487,34 @@ impl Metrics {
     /// The handles one route's requests are counted with; the same route identity always
     /// gets the same underlying series.
     pub fn route(&self, route: &RouteId) -> RouteMetrics {
+        // One copy of each label value for this route's series (made on its first request).
+        let labels = RouteLabels {
+            parent_namespace: route.parent_namespace().into(),
+            parent_name: route.parent_name().into(),
+            route_namespace: route.namespace().into(),
+            route_name: route.name().into(),
+        };
         let requests = PROTOCOLS.map(|protocol| {
             STATUS_CLASSES.map(|status_class| {
                 self.requests
                     .get_or_create(&RequestLabels {
-                        parent_namespace: route.parent_namespace.clone(),
-                        parent_name: route.parent_name.clone(),
-                        route_namespace: route.namespace.clone(),
-                        route_name: route.name.clone(),
+                        parent_namespace: labels.parent_namespace.clone(),
+                        parent_name: labels.parent_name.clone(),
+                        route_namespace: labels.route_namespace.clone(),
+                        route_name: labels.route_name.clone(),
                         protocol,
                         status_class,
                     })
                     .clone()
             })
         });
-        let labels = RouteLabels {
-            parent_namespace: route.parent_namespace.clone(),
-            parent_name: route.parent_name.clone(),
-            route_namespace: route.namespace.clone(),
-            route_name: route.name.clone(),
-        };
         let upstream_errors = UPSTREAM_ERRORS.map(|error| {
             self.upstream_errors
                 .get_or_create(&UpstreamErrorLabels {
-                    parent_namespace: route.parent_namespace.clone(),
-                    parent_name: route.parent_name.clone(),
-                    route_namespace: route.namespace.clone(),
-                    route_name: route.name.clone(),
+                    parent_namespace: labels.parent_namespace.clone(),
+                    parent_name: labels.parent_name.clone(),
+                    route_namespace: labels.route_namespace.clone(),
+                    route_name: labels.route_name.clone(),
                     error,
                 })
                 .clone()

@@ -322,11 +322,15 @@ async fn route<B: RequestBody>(
         span.set("server.address", host.clone());
         span.set(
             "cedille.route",
-            format!("{}/{}", rule.route.namespace, rule.route.name),
+            format!("{}/{}", rule.route.namespace(), rule.route.name()),
         );
         span.set(
             "cedille.gateway",
-            format!("{}/{}", rule.route.parent_namespace, rule.route.parent_name),
+            format!(
+                "{}/{}",
+                rule.route.parent_namespace(),
+                rule.route.parent_name()
+            ),
         );
         span.set("http.route", entry.matcher.path.pattern());
     }
@@ -352,7 +356,7 @@ async fn route<B: RequestBody>(
     if let Some((method, path)) = logged {
         let error = resp.extensions().get::<Failure>();
         info!(target: "access", peer = %conn.peer, %method, path, status = resp.status().as_u16(),
-            route = %format_args!("{}/{}", rule.route.namespace, rule.route.name),
+            route = %format_args!("{}/{}", rule.route.namespace(), rule.route.name()),
             error = error.map(tracing::field::display),
             duration_ms = start.elapsed().as_secs_f64() * 1e3);
     }

@@ -4,11 +4,12 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::Duration,
 };
 
+use cedille_objects::SharedStr;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
@@ -16,7 +17,9 @@ use super::{
     Ctx, backends,
     gateways::Gateways,
     hostnames,
-    status::{Condition, Conditions, Entry, RouteParentStatus, RouteStatus, RouteStatuses},
+    status::{
+        Condition, Conditions, RouteParentStatus, RouteStatus, RouteStatusEntry, RouteStatuses,
+    },
 };
 use crate::{
     duration,
@@ -57,15 +60,12 @@ pub(crate) struct RouteResult {
 pub(crate) struct Cache {
     /// The epochs of every kind but routes, and the environment, when `routes` was filled.
     deps: (Vec<u64>, String),
-    /// By the address of the stored route they were made from (held, so not reused).
-    routes: HashMap<usize, Outcome, foldhash::fast::RandomState>,
-    /// Grows by one per translation; outcomes not used by the last one are dropped.
-    pass: u64,
-    /// The statuses of the cached outcomes, kept up to date as they come and go (a change
-    /// to one route among thousands should not rebuild the map).
-    statuses: BTreeSet<ByName>,
+    /// In the store's order of routes (namespace, name), so that a translation finds
+    /// them walking both in step: a list, not a map, as thousands of routes are cached.
+    routes: Vec<Outcome>,
     /// What thousands of routes usually share a handful of, one copy each: parents as
-    /// route statuses name them (defaults filled in), Gateways, hostnames.
+    /// route statuses name them (defaults filled in), Gateways and ListenerSets,
+    /// hostnames.
     shared: Shared,
 }
 
@@ -74,8 +74,7 @@ struct Shared {
     parents: Interner<gwapi::ParentReference>,
     gateways: Interner<(String, String)>,
     hosts: Interner<str>,
-    /// Namespaces, route and parent names of route ids and statuses, and the namespace
-    /// and Service names of targets.
+    /// The namespace and Service names of targets.
     names: Interner<str>,
     conditions: Interner<[Condition]>,
     /// Route statuses' parent lists.
@@ -84,8 +83,8 @@ struct Shared {
 
 type Interner<T> = HashSet<Arc<T>, foldhash::fast::RandomState>;
 
-/// The shared copy of a name (namespaces, route, parent and Service names): thousands of
-/// routes name a few namespaces, and a route and its Service often have the same name.
+/// The shared copy of a name (namespaces and Service names): thousands of routes name a
+/// few namespaces, and routes often share a Service.
 pub(crate) struct Names<'a>(&'a mut Interner<str>);
 
 impl Names<'_> {
@@ -109,11 +108,17 @@ fn intern<T: ?Sized + Eq + std::hash::Hash>(
 }
 
 struct Outcome {
-    /// Held so that its address, the key, is not reused while the outcome is cached.
-    _stored: Arc<Stored>,
+    /// The route it was made from: valid while the store holds this same record.
+    stored: Arc<Stored>,
     attachments: Box<[Attachment]>,
-    status: Option<Arc<Entry<RouteStatus>>>,
-    pass: u64,
+    status: Option<RouteStatus>,
+}
+
+impl Outcome {
+    fn key(&self) -> (&str, &str) {
+        let m = self.stored.object.meta();
+        (m.ns(), &m.name)
+    }
 }
 
 /// A route's rules bound to one listener, under the hostnames they share.
@@ -143,20 +148,22 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
     if deps != cache.deps {
         tracing::debug!("translation: objects other than routes changed; every route again");
         cache.routes.clear();
-        cache.statuses.clear();
         cache.deps = deps;
     }
-    cache.pass += 1;
-    let pass = cache.pass;
     let mut translated = 0usize;
+    // The last translation's outcomes, walked in step with the routes (both in key
+    // order): an outcome is reused when its route is the same record; the others, of
+    // routes gone or changed, are dropped on the way.
+    let mut old = std::mem::take(&mut cache.routes).into_iter().peekable();
+    let mut outcomes = Vec::with_capacity(ctx.store.kind(Kind::HttpRoute).count());
     for stored in ctx.store.kind(Kind::HttpRoute) {
         let Object::HttpRoute(route) = &stored.object else {
             continue;
         };
         let ns = route.metadata.ns();
-        let key = Arc::as_ptr(stored) as usize;
-        if let Some(o) = cache.routes.get_mut(&key) {
-            o.pass = pass;
+        let key = (ns, &*route.metadata.name);
+        while old.next_if(|o| o.key() < key).is_some() {}
+        if let Some(o) = old.next_if(|o| Arc::ptr_eq(&o.stored, stored)) {
             for a in &o.attachments {
                 if let Some(gw) = gws.gateways.get_mut(&a.gateway) {
                     let l = &mut gw.listeners[a.listener];
@@ -166,12 +173,11 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
                     }
                 }
             }
+            outcomes.push(o);
             continue;
         }
         translated += 1;
-        let checked = check(ctx, route, &mut Names(&mut cache.shared.names));
-        // One copy of the route's name for its ids and its status.
-        let route_name = Names(&mut cache.shared.names).get(&route.metadata.name);
+        let checked = check(ctx, stored, route, &mut Names(&mut cache.shared.names));
         let mut attachments = Vec::new();
         let mut parents = Vec::new();
         for pref in &route.spec.parent_refs {
@@ -204,13 +210,18 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             let accepted = match &checked {
                 Err(msg) => Err(("UnsupportedValue", msg.clone())),
                 Ok(c) => {
+                    let gateways = &mut cache.shared.gateways;
+                    let gateway = intern(gateways, &gw_key, || Arc::new(gw_key.clone()));
+                    // What the route's ids name as its parent: the ListenerSet, or the
+                    // Gateway.
+                    let parent = match &owner {
+                        Some(o) => intern(gateways, o, || Arc::new(o.clone())),
+                        None => gateway.clone(),
+                    };
                     let at = Attach {
-                        gateway: intern(&mut cache.shared.gateways, &gw_key, || {
-                            Arc::new(gw_key.clone())
-                        }),
+                        gateway,
+                        parent,
                         hosts: &mut cache.shared.hosts,
-                        names: &mut cache.shared.names,
-                        name: &route_name,
                         owner: owner.as_ref(),
                         checked: c,
                         stored,
@@ -253,44 +264,22 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         // pushes holds room for four).
         let attachments = attachments.into_boxed_slice();
         let status = (!parents.is_empty()).then(|| {
-            Arc::new(Entry {
-                namespace: intern(&mut cache.shared.names, ns, || ns.into()),
-                name: route_name,
-                generation: route.metadata.generation,
-                status: RouteStatus {
-                    parents: {
-                        let parents = parents.into_boxed_slice();
-                        intern(&mut cache.shared.statuses, &parents, || {
-                            Arc::new(parents.clone())
-                        })
-                    },
-                },
-            })
+            let parents = parents.into_boxed_slice();
+            RouteStatus {
+                parents: intern(&mut cache.shared.statuses, &parents, || {
+                    Arc::new(parents.clone())
+                }),
+            }
         });
-        if let Some(st) = &status {
-            cache.statuses.replace(ByName(st.clone()));
-        }
-        let outcome = Outcome {
-            _stored: stored.clone(),
+        outcomes.push(Outcome {
+            stored: stored.clone(),
             attachments,
             status,
-            pass,
-        };
-        cache.routes.insert(key, outcome);
+        });
     }
-    // Routes gone or changed since: their outcomes go (and with them their objects), and
-    // their statuses unless a new version of the route has replaced them.
-    let statuses = &mut cache.statuses;
-    cache.routes.retain(|_, o| {
-        let keep = o.pass == pass;
-        if !keep && let Some(st) = &o.status {
-            let k = ByName(st.clone());
-            if statuses.get(&k).is_some_and(|s| Arc::ptr_eq(&s.0, st)) {
-                statuses.remove(&k);
-            }
-        }
-        keep
-    });
+    // Outcomes of routes gone or changed since go, and with them their objects.
+    drop(old);
+    cache.routes = outcomes;
     let shared = &mut cache.shared;
     // Parent lists first: they hold parents and conditions.
     shared.statuses.retain(|s| Arc::strong_count(s) > 1);
@@ -304,47 +293,26 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         "translation: routes translated (the others reused)"
     );
     RouteResult {
-        statuses: RouteStatuses::from_sorted(cache.statuses.iter().map(|s| s.0.clone()).collect()),
-    }
-}
-
-/// A route status ordered by its route's namespace and name: the cache's set of statuses
-/// needs no key beside each entry.
-struct ByName(Arc<Entry<RouteStatus>>);
-
-impl ByName {
-    fn key(&self) -> (&str, &str) {
-        (&self.0.namespace, &self.0.name)
-    }
-}
-
-impl PartialEq for ByName {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for ByName {}
-
-impl PartialOrd for ByName {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ByName {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
+        // In the store's order, which is the order of namespace and name.
+        statuses: RouteStatuses::from_sorted(
+            cache
+                .routes
+                .iter()
+                .filter_map(|o| {
+                    let status = o.status.clone()?;
+                    Some(RouteStatusEntry::new(o.stored.clone(), status))
+                })
+                .collect(),
+        ),
     }
 }
 
 /// Where a route is being attached, and what it brings.
 struct Attach<'a> {
     gateway: Arc<(String, String)>,
+    /// The parent the route's ids name: `gateway`, or the ListenerSet in between.
+    parent: Arc<(String, String)>,
     hosts: &'a mut Interner<str>,
-    names: &'a mut Interner<str>,
-    /// The route's name.
-    name: &'a Arc<str>,
     owner: Option<&'a (String, String)>,
     checked: &'a Checked,
     /// The route as stored (its creation order ranks it against others).
@@ -364,10 +332,9 @@ fn attach(
         gateway,
         owner,
         checked,
+        parent,
         stored,
         hosts: shared_hosts,
-        names: shared_names,
-        name: route_name,
     } = at;
     let route_ns = route.metadata.ns();
     let mut candidates: Vec<usize> = (0..gw.listeners.len())
@@ -400,17 +367,7 @@ fn attach(
         ));
     }
     let mut attached_any = false;
-    let (parent_namespace, parent_name) = match owner {
-        Some((ns, name)) => (ns.as_str(), name.as_str()),
-        None => (gw.namespace.as_str(), gw.name.as_str()),
-    };
-    let mut name = |s: &str| intern(shared_names, s, || Arc::from(s));
-    let parent = Arc::new(RouteId {
-        namespace: name(route_ns),
-        name: route_name.clone(),
-        parent_namespace: name(parent_namespace),
-        parent_name: name(parent_name),
-    });
+    let parent = Arc::new(RouteId::new(stored.clone(), Some(parent)));
     let built = Arc::new(BuiltRoute {
         stored: stored.clone(),
         route: parent.clone(),
@@ -510,18 +467,14 @@ fn namespace_allowed(
 /// Accepted with reason UnsupportedValue.
 fn check(
     ctx: &Ctx<'_>,
+    stored: &Arc<Stored>,
     route: &gwapi::HttpRoute,
     names: &mut Names<'_>,
 ) -> Result<Checked, String> {
     let ns = route.metadata.ns();
     let mut unresolved = None;
     let mut rules = Vec::new();
-    let unattached = Arc::new(RouteId {
-        namespace: names.get(ns),
-        name: names.get(&route.metadata.name),
-        parent_namespace: names.get(""),
-        parent_name: names.get(""),
-    });
+    let unattached = Arc::new(RouteId::new(stored.clone(), None));
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = |f: &str| format!("spec.rules[{ri}].{f}");
         let default_match = [gwapi::HttpRouteMatch::default()];
@@ -581,7 +534,6 @@ fn check(
             // Set when the route attaches to a parent.
             route: unattached.clone(),
             index: ri,
-            name: rule.name().cloned(),
             filters: rule_filters.into(),
             backends: backends_out.into(),
             limits: has_limits.then(|| Box::new(limits)),
@@ -594,20 +546,20 @@ fn check(
 
 fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
     let path = match &m.path {
-        None => PathMatch::Prefix("/".into()),
+        None => PathMatch::Prefix(SharedStr::interned("/")),
         Some(p) => {
-            let v = p.value.as_deref().unwrap_or("/").to_owned();
+            let v = p.value.as_deref().unwrap_or("/");
             match p.type_.as_deref().unwrap_or("PathPrefix") {
-                "Exact" => PathMatch::Exact(v.into()),
+                "Exact" => PathMatch::Exact(SharedStr::interned(v)),
                 "PathPrefix" => {
                     let trimmed = v.trim_end_matches('/');
-                    PathMatch::Prefix(if trimmed.is_empty() {
-                        "/".into()
+                    PathMatch::Prefix(SharedStr::interned(if trimmed.is_empty() {
+                        "/"
                     } else {
-                        trimmed.into()
-                    })
+                        trimmed
+                    }))
                 }
-                "RegularExpression" => PathMatch::Regex(Box::new(anchored(&v)?)),
+                "RegularExpression" => PathMatch::Regex(Box::new(anchored(v)?)),
                 other => return Err(format!("path match type {other} is not supported")),
             }
         }
@@ -805,8 +757,8 @@ pub(crate) fn virtual_host(routes: &[&Arc<BuiltRoute>]) -> ir::VirtualHost {
                     Reverse(m.headers.len()),
                     Reverse(m.query.len()),
                     r.age(),
-                    &*r.route.namespace,
-                    &*r.route.name,
+                    r.route.namespace(),
+                    r.route.name(),
                     ri,
                     mi,
                 );

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
-use crate::{manifest::ManifestError, model::gwapi::ParentReference};
+use crate::{manifest::ManifestError, model::gwapi::ParentReference, store::Stored};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,7 +165,7 @@ pub struct PolicyAncestorStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry<S> {
-    /// Shared: thousands of routes, a few namespaces.
+    /// Empty for cluster-scoped kinds.
     #[serde(skip_serializing_if = "str_is_empty")]
     pub namespace: Arc<str>,
     pub name: Arc<str>,
@@ -173,26 +173,85 @@ pub struct Entry<S> {
     pub status: S,
 }
 
+/// A route's status with the route it describes. The namespace, name and generation are
+/// read from the route's record, which the translation cache holds anyway: thousands of
+/// routes, and an entry each in every report. Written like [`Entry`].
+#[derive(Clone)]
+pub struct RouteStatusEntry {
+    route: Arc<Stored>,
+    pub status: RouteStatus,
+}
+
+impl RouteStatusEntry {
+    /// `route` must be an HTTPRoute's record.
+    pub fn new(route: Arc<Stored>, status: RouteStatus) -> Self {
+        RouteStatusEntry { route, status }
+    }
+    pub fn namespace(&self) -> &str {
+        self.route.object.meta().ns()
+    }
+    pub fn name(&self) -> &str {
+        &self.route.object.meta().name
+    }
+    pub fn generation(&self) -> i64 {
+        self.route.object.meta().generation
+    }
+    fn key(&self) -> (&str, &str) {
+        (self.namespace(), self.name())
+    }
+}
+
+impl PartialEq for RouteStatusEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+            && self.generation() == other.generation()
+            && self.status == other.status
+    }
+}
+
+impl std::fmt::Debug for RouteStatusEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteStatusEntry")
+            .field("namespace", &self.namespace())
+            .field("name", &self.name())
+            .field("generation", &self.generation())
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl Serialize for RouteStatusEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Entry", 4)?;
+        if self.namespace().is_empty() {
+            st.skip_field("namespace")?;
+        } else {
+            st.serialize_field("namespace", self.namespace())?;
+        }
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("generation", &self.generation())?;
+        st.serialize_field("status", &self.status)?;
+        st.end()
+    }
+}
+
 /// The statuses of the routes, in namespace and name order; written as a map keyed by
-/// `namespace/name`, like the other kinds. A list of the shared entries, not a map with a
-/// key string per route: thousands of routes, and a report per translation.
+/// `namespace/name`, like the other kinds. A list, not a map with a key string per route:
+/// thousands of routes, and a report per translation.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct RouteStatuses(Vec<Arc<Entry<RouteStatus>>>);
+pub struct RouteStatuses(Vec<RouteStatusEntry>);
 
 impl RouteStatuses {
     /// `entries` must be in (namespace, name) order.
-    pub fn from_sorted(entries: Vec<Arc<Entry<RouteStatus>>>) -> Self {
-        debug_assert!(
-            entries
-                .windows(2)
-                .all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name))
-        );
+    pub fn from_sorted(entries: Vec<RouteStatusEntry>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].key() < w[1].key()));
         RouteStatuses(entries)
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Entry<RouteStatus>>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&RouteStatusEntry> {
         self.0
-            .binary_search_by(|e| (&*e.namespace, &*e.name).cmp(&(namespace, name)))
+            .binary_search_by(|e| e.key().cmp(&(namespace, name)))
             .ok()
             .map(|i| &self.0[i])
     }
@@ -207,7 +266,7 @@ impl Serialize for RouteStatuses {
         s.collect_map(
             self.0
                 .iter()
-                .map(|e| (format!("{}/{}", e.namespace, e.name), e)),
+                .map(|e| (format!("{}/{}", e.namespace(), e.name()), e)),
         )
     }
 }

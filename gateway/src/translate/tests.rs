@@ -53,7 +53,7 @@ fn pick(p: &ir::PortConfig, host: &str, path: &str, method: &str) -> Option<(Str
         .find(|e| {
             e.matcher.path.matches(path) && e.matcher.method.as_deref().is_none_or(|m| *m == method)
         })
-        .map(|e| (e.rule.route.name.to_string(), e.rule.index))
+        .map(|e| (e.rule.route.name().to_string(), e.rule.index))
 }
 
 fn route(name: &str, rules: &str) -> String {
@@ -402,8 +402,9 @@ fn routes_share_status_lists_and_names() {
     assert!(!Arc::ptr_eq(&targets[0], &targets[1]));
     assert!(Arc::ptr_eq(&targets[0].namespace, &targets[1].namespace));
     assert!(Arc::ptr_eq(&targets[0].service, &targets[1].service));
-    assert!(Arc::ptr_eq(
-        &targets[0].namespace,
-        &v.entries[0].rule.route.namespace
-    ));
+    // Route ids and statuses name the route from its record: no copies of the names.
+    let id = &v.entries[0].rule.route;
+    assert_eq!((id.namespace(), id.parent_name()), ("ns", "gw"));
+    let st = out.status.http_routes.get("ns", "a").unwrap();
+    assert_eq!((st.namespace(), st.name(), st.generation()), ("ns", "a", 1));
 }
