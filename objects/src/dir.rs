@@ -301,6 +301,10 @@ impl<C: Catalog> DirSource<C> {
         for p in gone {
             changed |= self.forget(&p, store);
         }
+        if !self.synced {
+            // The first walk read every file.
+            store.compact();
+        }
         self.synced = true;
         changed
     }

@@ -305,6 +305,8 @@ impl<C: Catalog> KubeSource<C> {
                 for gone in w.keys.difference(&seen) {
                     changed |= !store.remove_source(&source_of(gone)).is_empty();
                 }
+                // A list arrives in key order: see [`Store::compact`].
+                store.compact();
                 if !w.listed {
                     info!(kind = %kind, version = %w.spec.version, objects = seen.len(), "initial list received");
                 } else {

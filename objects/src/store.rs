@@ -211,6 +211,14 @@ impl<C: Catalog> Store<C> {
         Self::default()
     }
 
+    /// Rebuilds the index with full nodes. Objects inserted one by one in key order, as
+    /// a directory's files are first read, leave every node of the index half empty
+    /// (a full node splits in two); built from the sorted whole, nodes are full: about 10
+    /// bytes less per object. For after a bulk load.
+    pub fn compact(&mut self) {
+        self.objects = std::mem::take(&mut self.objects).into_iter().collect();
+    }
+
     pub fn get(&self, key: &ObjKey<C::Kind>) -> Option<&Arc<Stored<C>>> {
         self.objects.get(key as &dyn KeyView<C::Kind>).map(|e| &e.0)
     }

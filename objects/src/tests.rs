@@ -501,3 +501,36 @@ fn a_service_keeps_its_cluster_ips_in_one_list() {
     );
     assert_eq!(spec(&serde_json::to_string(&both).unwrap()), both);
 }
+
+#[test]
+fn compacting_the_index_keeps_every_object_and_its_order() {
+    let mut s = Store::new();
+    for i in 0..300 {
+        apply(&mut s, &format!("f{i:03}"), &cm(&format!("c{i:03}"), "a"));
+    }
+    let before: Vec<_> = s.kind(K::ConfigMap).cloned().collect();
+    s.compact();
+    let after: Vec<_> = s.kind(K::ConfigMap).cloned().collect();
+    assert_eq!(before.len(), 300);
+    assert_eq!(after.len(), 300);
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b))
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        s.get(&key("c123")).unwrap(),
+        &before[123]
+    ));
+    // The index still takes changes.
+    apply(&mut s, "f500", &cm("c050x", "a"));
+    s.remove_source("f010");
+    let names: Vec<_> = s
+        .kind(K::ConfigMap)
+        .map(|o| o.object.meta().name.to_string())
+        .collect();
+    assert_eq!(names.len(), 300);
+    assert_eq!(names[49..51], ["c050", "c050x"]);
+    assert!(s.get(&key("c010")).is_none());
+}
