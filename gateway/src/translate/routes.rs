@@ -293,17 +293,16 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
         "translation: routes translated (the others reused)"
     );
     RouteResult {
-        // In the store's order, which is the order of namespace and name.
-        statuses: RouteStatuses::from_sorted(
-            cache
-                .routes
-                .iter()
-                .filter_map(|o| {
-                    let status = o.status.clone()?;
-                    Some(RouteStatusEntry::new(o.stored.clone(), status))
-                })
-                .collect(),
-        ),
+        statuses: {
+            // In the store's order, which is the order of namespace and name. Sized
+            // for every route (most have a status): no growth slack.
+            let mut list = Vec::with_capacity(cache.routes.len());
+            list.extend(cache.routes.iter().filter_map(|o| {
+                let status = o.status.clone()?;
+                Some(RouteStatusEntry::new(o.stored.clone(), status))
+            }));
+            RouteStatuses::from_sorted(list)
+        },
     }
 }
 
