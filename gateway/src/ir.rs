@@ -125,7 +125,8 @@ pub struct RouteEntry {
 }
 
 /// The paths are shared strings: the same paths ("/", "/api") recur across routes, and
-/// the route objects hold the same strings.
+/// the route objects hold the same strings (a prefix written with a trailing slash gets
+/// one of its own).
 #[derive(Clone, Debug)]
 pub enum PathMatch {
     Exact(SharedStr),
@@ -272,18 +273,6 @@ impl std::fmt::Debug for RouteId {
             .field("parent_namespace", &self.parent_namespace())
             .field("parent_name", &self.parent_name())
             .finish()
-    }
-}
-
-impl Serialize for RouteId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("RouteId", 4)?;
-        st.serialize_field("namespace", self.namespace())?;
-        st.serialize_field("name", self.name())?;
-        st.serialize_field("parent_namespace", self.parent_namespace())?;
-        st.serialize_field("parent_name", self.parent_name())?;
-        st.end()
     }
 }
 

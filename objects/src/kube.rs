@@ -260,8 +260,15 @@ impl<C: Catalog> KubeSource<C> {
         for key in std::mem::take(&mut self.dropped) {
             changed |= !store.remove_source(&source_of(&key)).is_empty();
         }
+        let mut listed = false;
         while let Some(m) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) {
+            listed |= matches!(m, Msg::InitDone(_));
             changed |= self.handle(m, store);
+        }
+        if listed {
+            // A list arrives in key order: the index is rebuilt once what arrived is in
+            // (see [`Store::compact`]).
+            store.compact();
         }
         changed
     }
@@ -305,8 +312,6 @@ impl<C: Catalog> KubeSource<C> {
                 for gone in w.keys.difference(&seen) {
                     changed |= !store.remove_source(&source_of(gone)).is_empty();
                 }
-                // A list arrives in key order: see [`Store::compact`].
-                store.compact();
                 if !w.listed {
                     info!(kind = %kind, version = %w.spec.version, objects = seen.len(), "initial list received");
                 } else {

@@ -211,10 +211,11 @@ impl<C: Catalog> Store<C> {
         Self::default()
     }
 
-    /// Rebuilds the index with full nodes. Objects inserted one by one in key order, as
-    /// a directory's files are first read, leave every node of the index half empty
-    /// (a full node splits in two); built from the sorted whole, nodes are full: about 10
-    /// bytes less per object. For after a bulk load.
+    /// Rebuilds the index with full nodes. Objects inserted one by one in (roughly) key
+    /// order, as a directory's files are first read or a Kubernetes list arrives, leave
+    /// most nodes of the index half empty (a full node splits in two); built from the
+    /// sorted whole, nodes are full: about 10 bytes less per object. For after a bulk
+    /// load.
     pub fn compact(&mut self) {
         self.objects = std::mem::take(&mut self.objects).into_iter().collect();
     }

@@ -547,16 +547,20 @@ fn matcher(m: &gwapi::HttpRouteMatch) -> Result<Matcher, String> {
     let path = match &m.path {
         None => PathMatch::Prefix(SharedStr::interned("/")),
         Some(p) => {
+            // The route's own (shared) string where it is the matcher's.
+            let value = || p.value.clone().unwrap_or_else(|| SharedStr::interned("/"));
             let v = p.value.as_deref().unwrap_or("/");
             match p.type_.as_deref().unwrap_or("PathPrefix") {
-                "Exact" => PathMatch::Exact(SharedStr::interned(v)),
+                "Exact" => PathMatch::Exact(value()),
                 "PathPrefix" => {
                     let trimmed = v.trim_end_matches('/');
-                    PathMatch::Prefix(SharedStr::interned(if trimmed.is_empty() {
-                        "/"
+                    PathMatch::Prefix(if trimmed.is_empty() {
+                        SharedStr::interned("/")
+                    } else if trimmed.len() == v.len() {
+                        value()
                     } else {
-                        trimmed
-                    }))
+                        SharedStr::interned(trimmed)
+                    })
                 }
                 "RegularExpression" => PathMatch::Regex(Box::new(anchored(v)?)),
                 other => return Err(format!("path match type {other} is not supported")),

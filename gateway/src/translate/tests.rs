@@ -265,6 +265,8 @@ fn incremental_translation_equals_translation_from_scratch() {
         [CLASS_AND_GATEWAY, svc2, &a, &b2, ""], // a route removed
         [CLASS_AND_GATEWAY, "", &a, &b2, &c],   // a Service removed, a route added
         [CLASS_AND_GATEWAY, svc2, &a, &b2, &c], // the Service back
+        [CLASS_AND_GATEWAY, svc2, &a, "", &c],  // a route between others removed
+        [CLASS_AND_GATEWAY, svc2, &a, &b2, &c], // and added back, nothing else changed
         [&more_listeners, svc2, &a, &b2, &c],   // the Gateway changed
     ];
     let mut s = Store::new();

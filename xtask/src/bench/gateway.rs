@@ -341,40 +341,38 @@ fn handshakes(
     })
 }
 
-/// Resident memory per idle keep-alive connection (after one request on each).
-fn idle_memory(pgid: u32, port: u16, n: usize) -> anyhow::Result<f64> {
-    let (_, before) = group_usage(pgid);
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
-        let mut buf = [0u8; 512];
-        let _ = s.read(&mut buf)?;
-        conns.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, after) = group_usage(pgid);
-    drop(conns);
-    Ok((after.saturating_sub(before)) as f64 / n as f64)
-}
-
-/// Resident memory per idle TLS keep-alive connection (full handshake, then one request
-/// on each).
-fn idle_tls_memory(
+/// Resident memory per idle keep-alive connection, plaintext and TLS: `n` plaintext
+/// connections with one request on each, then, with those still open, `n` TLS ones (full
+/// handshake, one request): each figure is the growth its connections brought, divided
+/// by them. Nothing is closed between the two, so the TLS connections cannot reuse memory
+/// the plaintext ones freed (which would hide their cost).
+fn idle_memory(
     rt: &tokio::runtime::Runtime,
     config: &Arc<rustls::ClientConfig>,
     pgid: u32,
-    port: u16,
+    ports: &Ports,
     n: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // What ran before (the load rounds) closes first.
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, before) = group_usage(pgid);
+    let mut plain = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", ports.h1))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf)?;
+        plain.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, mid) = group_usage(pgid);
     let connector = tokio_rustls::TlsConnector::from(config.clone());
     let name = rustls_pki_types::ServerName::try_from(SERVER_NAME)?;
-    let (_, before) = group_usage(pgid);
-    let conns = rt.block_on(async {
+    let tls = rt.block_on(async {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.tls)).await?;
             let mut tls = connector.connect(name.clone(), tcp).await?;
             tls.write_all(b"GET / HTTP/1.1\r\nHost: bench.local\r\n\r\n")
                 .await?;
@@ -389,8 +387,9 @@ fn idle_tls_memory(
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let (_, after) = group_usage(pgid);
-    drop(conns);
-    Ok((after.saturating_sub(before)) as f64 / n as f64)
+    drop((plain, tls));
+    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 / n as f64;
+    Ok((per(before, mid), per(mid, after)))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -521,10 +520,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let mut mem = Vec::new();
     for p in &proxies {
-        mem.push((
-            idle_memory(p.child.id(), p.ports.h1, args.idle)?,
-            idle_tls_memory(&rt, &tls_client, p.child.id(), p.ports.tls, args.idle)?,
-        ));
+        mem.push(idle_memory(
+            &rt,
+            &tls_client,
+            p.child.id(),
+            &p.ports,
+            args.idle,
+        )?);
     }
     let nginx = proxies
         .iter()
@@ -594,7 +596,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "Memory per idle HTTP/1.1 keep-alive connection ({} connections of each)",
         args.idle
     );
-    println!("proxy              plaintext        TLS");
+    println!("proxy             plaintext        TLS");
     for (i, p) in proxies.iter().enumerate() {
         println!("{:<16} {:>10.0} B {:>8.0} B", p.name, mem[i].0, mem[i].1);
     }
