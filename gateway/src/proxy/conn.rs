@@ -146,6 +146,9 @@ impl Acceptor {
         let mut info = ConnInfo::new(peer, Some(sni));
         info.alt_svc = self.alt_svc.load().as_deref().cloned();
         let info = Arc::new(info);
+        // Boxed: the stream (rustls's connection state is most of a kilobyte) is then moved
+        // as a pointer into the connection's future, not copied into each of its states.
+        let tls = Box::new(tls);
         // ALPN decided the protocol.
         if h2 {
             let activity = Activity::new();
