@@ -197,12 +197,6 @@ impl<T> From<Vec<T>> for ThinList<T> {
     }
 }
 
-impl<T> Default for ThinList<T> {
-    fn default() -> Self {
-        ThinList(None)
-    }
-}
-
 impl<T: Clone> Clone for ThinList<T> {
     fn clone(&self) -> Self {
         ThinList(self.0.clone())
@@ -213,12 +207,6 @@ impl<T> std::ops::Deref for ThinList<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         self.0.as_deref().map_or(&[], |b| b)
-    }
-}
-
-impl<T> std::ops::DerefMut for ThinList<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        self.0.as_deref_mut().map_or(&mut [], |b| b)
     }
 }
 
@@ -252,10 +240,10 @@ impl RouteId {
         RouteId { route, parent }
     }
     pub fn namespace(&self) -> &str {
-        self.route.object.meta().ns()
+        self.route.name_key().0
     }
     pub fn name(&self) -> &str {
-        &self.route.object.meta().name
+        self.route.name_key().1
     }
     pub fn parent_namespace(&self) -> &str {
         self.parent.as_ref().map_or("", |p| &p.0)

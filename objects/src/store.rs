@@ -79,8 +79,14 @@ impl<C: Catalog> Stored<C> {
     }
 
     pub fn key(&self) -> ObjKey<C::Kind> {
+        let (ns, name) = self.name_key();
+        ObjKey::new(self.object.kind(), ns, name)
+    }
+
+    /// `(namespace, name)`, borrowed: the key's order within a kind.
+    pub fn name_key(&self) -> (&str, &str) {
         let meta = self.object.meta();
-        ObjKey::new(self.object.kind(), meta.ns(), &meta.name)
+        (meta.ns(), &meta.name)
     }
 
     /// The order used for "oldest first" precedence.
@@ -154,8 +160,8 @@ impl<C: Catalog> Ord for Entry<C> {
 }
 impl<C: Catalog> Entry<C> {
     fn view_of(s: &Stored<C>) -> (C::Kind, &str, &str) {
-        let meta = s.object.meta();
-        (s.object.kind(), meta.ns(), &meta.name)
+        let (ns, name) = s.name_key();
+        (s.object.kind(), ns, name)
     }
 }
 

@@ -114,13 +114,6 @@ struct Outcome {
     status: Option<RouteStatus>,
 }
 
-impl Outcome {
-    fn key(&self) -> (&str, &str) {
-        let m = self.stored.object.meta();
-        (m.ns(), &m.name)
-    }
-}
-
 /// A route's rules bound to one listener, under the hostnames they share.
 struct Attachment {
     gateway: Arc<(String, String)>,
@@ -161,8 +154,8 @@ pub(crate) fn translate(ctx: &Ctx<'_>, gws: &mut Gateways<'_>, cache: &mut Cache
             continue;
         };
         let ns = route.metadata.ns();
-        let key = (ns, &*route.metadata.name);
-        while old.next_if(|o| o.key() < key).is_some() {}
+        let key = stored.name_key();
+        while old.next_if(|o| o.stored.name_key() < key).is_some() {}
         if let Some(o) = old.next_if(|o| Arc::ptr_eq(&o.stored, stored)) {
             for a in &o.attachments {
                 if let Some(gw) = gws.gateways.get_mut(&a.gateway) {

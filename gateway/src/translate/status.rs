@@ -188,16 +188,16 @@ impl RouteStatusEntry {
         RouteStatusEntry { route, status }
     }
     pub fn namespace(&self) -> &str {
-        self.route.object.meta().ns()
+        self.key().0
     }
     pub fn name(&self) -> &str {
-        &self.route.object.meta().name
+        self.key().1
     }
     pub fn generation(&self) -> i64 {
         self.route.object.meta().generation
     }
     fn key(&self) -> (&str, &str) {
-        (self.namespace(), self.name())
+        self.route.name_key()
     }
 }
 
