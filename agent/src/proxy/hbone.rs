@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode, upgrade::Upgraded};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, BufReader, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tracing::{debug, info, warn};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::{
     AGENT_MARK, ConnRecord, HBONE_PORT, PodCtx, Proxy, canonical, connect_in, copy, now_ms,
     pool::{Claim, Conn, Key},
+    readahead::ReadAhead,
 };
 use crate::{
     identity::{SpiffeId, Svid, verify},
@@ -45,10 +46,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Request headers a client may send (a CONNECT needs a few hundred bytes).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-/// Bytes read from an HBONE connection's socket at once. rustls asks its transport for at
-/// most 4 KiB per read, so without a buffer below it a bulk stream costs a system call per
-/// 4 KiB; with one, a call per 64 KiB (one buffer per pooled connection, not per stream).
-const READ_AHEAD: usize = 64 * 1024;
 
 /// A CONNECT stream, open until dropped; it holds its slot on the pooled connection.
 pub struct Tunnel {
@@ -192,7 +189,7 @@ async fn open(
         HANDSHAKE_TIMEOUT,
         tokio_rustls::TlsConnector::from(config).connect(
             ServerName::IpAddress(target.ip().into()),
-            BufReader::with_capacity(READ_AHEAD, tcp),
+            ReadAhead::new(tcp),
         ),
     )
     .await
@@ -202,7 +199,7 @@ async fn open(
             "TLS handshake timed out",
         ))
     });
-    let tls = match tls {
+    let mut tls = match tls {
         Ok(t) => t,
         Err(e) => {
             let reason = verify::classify(&e);
@@ -215,6 +212,7 @@ async fn open(
         proxy.metrics.handshake_failure("client", "no_alpn");
         return Err(io::Error::other("the HBONE server did not agree to h2"));
     }
+    tls.get_mut().0.enable();
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
@@ -245,8 +243,7 @@ pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodCtx>, stream: TcpStream, peer:
     };
     let accepted = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        tokio_rustls::TlsAcceptor::from(tls_config)
-            .accept(BufReader::with_capacity(READ_AHEAD, stream)),
+        tokio_rustls::TlsAcceptor::from(tls_config).accept(ReadAhead::new(stream)),
     )
     .await
     .unwrap_or_else(|_| {
@@ -255,7 +252,7 @@ pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodCtx>, stream: TcpStream, peer:
             "TLS handshake timed out",
         ))
     });
-    let tls = match accepted {
+    let mut tls = match accepted {
         Ok(t) => t,
         Err(e) => {
             let reason = verify::classify(&e);
@@ -279,6 +276,8 @@ pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodCtx>, stream: TcpStream, peer:
         warn!(pod = %pod.name, %peer, "HBONE client did not negotiate h2; closing");
         return;
     }
+    // Authenticated: from now on the socket is read 64 KiB at a time.
+    tls.get_mut().0.enable();
     let client_id = Arc::new(client_id);
     let svc_proxy = proxy.clone();
     let service = hyper::service::service_fn(move |req| {

@@ -16,6 +16,7 @@
 pub mod copy;
 pub mod hbone;
 pub mod pool;
+pub mod readahead;
 
 use std::{
     collections::{HashMap, VecDeque},

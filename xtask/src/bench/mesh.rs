@@ -228,15 +228,39 @@ fn metric(admin: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Connections the server's agent has carried inbound: over HBONE from the client's
-/// identity, or (plaintext) captured.
-fn carried(n: &Nodes, path: Path3) -> f64 {
-    let series = if path == Path3::Plain {
-        "cedille_agent_captured_connections_total{direction=\"inbound\"}"
-    } else {
-        "cedille_agent_workload_connections_total{direction=\"inbound\",source_identity=\"spiffe://cluster.local/ns/bench/sa/client\",destination_identity=\"spiffe://cluster.local/ns/bench/sa/server\"}"
+/// One series' value from an agent's `/metrics`; an error when the agent does not answer
+/// or has no such series.
+fn metric_value(admin: &str, series: &str) -> anyhow::Result<f64> {
+    let Some(text) = h::http_get(admin, "/metrics") else {
+        bail!("the agent at {admin} did not serve /metrics");
     };
-    metric(ADMIN[n.server_node], series)
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the agent at {admin} has no series {series}"))
+}
+
+/// Connections both hops have carried: over HBONE, the server's agent's inbound streams
+/// from the client's identity (only the client's agent holds it); in plaintext, the fewer
+/// of the client's agent's outbound captures and the server's agent's inbound ones.
+fn carried(n: &Nodes, path: Path3) -> anyhow::Result<f64> {
+    let server = ADMIN[n.server_node];
+    if path == Path3::Plain {
+        let out = metric_value(
+            ADMIN[0],
+            "cedille_agent_captured_connections_total{direction=\"outbound\"}",
+        )?;
+        let inbound = metric_value(
+            server,
+            "cedille_agent_captured_connections_total{direction=\"inbound\"}",
+        )?;
+        return Ok(out.min(inbound));
+    }
+    metric_value(
+        server,
+        "cedille_agent_workload_connections_total{direction=\"inbound\",source_identity=\"spiffe://cluster.local/ns/bench/sa/client\",destination_identity=\"spiffe://cluster.local/ns/bench/sa/server\"}",
+    )
 }
 
 struct Agents {
@@ -404,7 +428,10 @@ fn measure(
     super::agent::wait_quiet();
     let conc = CRR_CONCURRENCY.to_string();
     let (c0, _) = usage();
-    let carried_before = carried(&n, path);
+    let carried_before = match agents {
+        Some(_) => carried(&n, path)?,
+        None => 0.0,
+    };
     let crr = n.load(
         probe,
         &["crr", &echo, "--seconds", &secs, "--concurrency", &conc],
@@ -419,9 +446,8 @@ fn measure(
     }
 
     if agents.is_some() {
-        // Both hops carried the traffic: over HBONE, or (plaintext) captured inbound by the
-        // server's agent.
-        let carried = carried(&n, path) - carried_before;
+        // Both hops carried every connection.
+        let carried = carried(&n, path)? - carried_before;
         if carried < connections {
             bail!(
                 "{}: the server's agent carried {carried} connections, fewer than the {connections} made",
