@@ -218,14 +218,9 @@ impl Nodes {
     }
 }
 
+/// One series' value, 0 when the agent does not answer or has no such series yet.
 fn metric(admin: &str, series: &str) -> f64 {
-    h::http_get(admin, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric_value(admin, series).unwrap_or(0.0)
 }
 
 /// One series' value from an agent's `/metrics`; an error when the agent does not answer
@@ -450,7 +445,7 @@ fn measure(
         let carried = carried(&n, path)? - carried_before;
         if carried < connections {
             bail!(
-                "{}: the server's agent carried {carried} connections, fewer than the {connections} made",
+                "{}: the agents carried {carried} of the {connections} connections made",
                 path.name()
             );
         }
