@@ -10,7 +10,12 @@
 //!   and policy do not depend on placement), which is what it costs;
 //! - **mesh, plaintext**: both agents with `--plaintext` (the same two extra hops through
 //!   the agents' user space, no TLS, no HTTP/2): what the hops alone cost on this machine,
-//!   so the figures above can be read as hops plus mutual TLS.
+//!   so the figures above can be read as hops plus mutual TLS;
+//! - **ztunnel**, when `CEDILLE_BENCH_ZTUNNEL` names a ztunnel binary built with its
+//!   `testing` feature: ztunnel in dedicated mode in each pod, the client pod's connections
+//!   redirected to it by iptables, HBONE between the two ztunnels. The issue's targets are
+//!   ztunnel's published figures; this measures ztunnel itself on the same machine, pods and
+//!   load, in the same run.
 //!
 //! Figures: request/response latency at a fixed rate (p50/p99), new connections per second,
 //! one bulk stream, the agents' CPU per 1,000 requests/s, and their memory per open
@@ -44,6 +49,12 @@ const SINK_PORT: u16 = 7001;
 const CRR_CONCURRENCY: u32 = 4;
 /// Idle connections for the memory figure.
 const IDLE: u32 = 1000;
+/// A ztunnel binary (built with its `testing` feature): when set, each round also measures
+/// ztunnel on the same pods, the baseline the targets come from.
+const ZTUNNEL_ENV: &str = "CEDILLE_BENCH_ZTUNNEL";
+/// ztunnel's readiness and stats ports, on loopback in each pod.
+const ZT_READY: &str = "127.0.0.1:15021";
+const ZT_STATS: &str = "127.0.0.1:15020";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Path3 {
@@ -51,6 +62,8 @@ enum Path3 {
     Mesh,
     SameNode,
     Plain,
+    /// ztunnel in each pod (dedicated mode), when CEDILLE_BENCH_ZTUNNEL names its binary.
+    Ztunnel,
 }
 
 impl Path3 {
@@ -62,6 +75,7 @@ impl Path3 {
             Path3::Mesh => "mesh (HBONE, mTLS)",
             Path3::SameNode => "mesh, same node",
             Path3::Plain => "mesh, plaintext",
+            Path3::Ztunnel => "ztunnel (HBONE)",
         }
     }
 
@@ -96,7 +110,7 @@ struct Nodes {
     server_node: usize,
     // Drop order: pods before the nodes' namespaces (bridges and veths go with them).
     client: Pod,
-    _server: Pod,
+    server: Pod,
     _server_proc: Background,
     _pause: Background,
     _link_ns: [Netns; 2],
@@ -161,7 +175,7 @@ impl Nodes {
         let n = Nodes {
             server_node,
             client,
-            _server: server,
+            server,
             _server_proc: server_proc,
             _pause: pause,
             _link_ns: nodes,
@@ -238,9 +252,13 @@ fn metric_value(admin: &str, series: &str) -> anyhow::Result<f64> {
 
 /// Connections both hops have carried: over HBONE, the server's agent's inbound streams
 /// from the client's identity (only the client's agent holds it); in plaintext, the fewer
-/// of the client's agent's outbound captures and the server's agent's inbound ones.
+/// of the client's agent's outbound captures and the server's agent's inbound ones; through
+/// ztunnel, the server's ztunnel's mutual-TLS connections from the client's identity.
 fn carried(n: &Nodes, path: Path3) -> anyhow::Result<f64> {
     let server = ADMIN[n.server_node];
+    if path == Path3::Ztunnel {
+        return zt_carried(n);
+    }
     if path == Path3::Plain {
         let out = metric_value(
             ADMIN[0],
@@ -256,6 +274,53 @@ fn carried(n: &Nodes, path: Path3) -> anyhow::Result<f64> {
         server,
         "cedille_agent_workload_connections_total{direction=\"inbound\",source_identity=\"spiffe://cluster.local/ns/bench/sa/client\",destination_identity=\"spiffe://cluster.local/ns/bench/sa/server\"}",
     )
+}
+
+fn iptables(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "iptables"])
+        .args(args)
+        .output()?;
+    if !o.status.success() {
+        bail!("iptables {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The sum of a ztunnel's `istio_tcp_connections_{opened,closed}_total` series whose
+/// labels hold every one of `labels` (its stats port answers inside its pod).
+fn zt_connections(pod: &Pod, which: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    let Some(text) = pod.ns.run(|| h::http_get(ZT_STATS, "/metrics"))? else {
+        bail!("ztunnel did not serve /metrics");
+    };
+    let name = format!("istio_tcp_connections_{which}_total{{");
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Connections the server's ztunnel accepted over mutual TLS from the client's identity.
+fn zt_carried(n: &Nodes) -> anyhow::Result<f64> {
+    zt_connections(
+        &n.server,
+        "opened",
+        &[
+            "reporter=\"destination\"",
+            "connection_security_policy=\"mutual_tls\"",
+            "source_principal=\"spiffe://",
+            "/ns/bench/sa/client\"",
+        ],
+    )
+}
+
+/// Connections a ztunnel holds open (reporter `source` on the client's, `destination` on
+/// the server's).
+fn zt_open(pod: &Pod, reporter: &str) -> f64 {
+    let r = format!("reporter=\"{reporter}\"");
+    let count = |which| zt_connections(pod, which, &[&r]).unwrap_or(0.0);
+    count("opened") - count("closed")
 }
 
 struct Agents {
@@ -322,6 +387,84 @@ impl Agents {
         }
     }
 
+    /// ztunnel in dedicated mode in each pod (as a sidecar: Cedille's bench has no
+    /// istio-cni to hand it pods' namespaces): its built-in test CA (`FAKE_CA`, a binary
+    /// built with ztunnel's `testing` feature), the two workloads from a local file, the
+    /// client pod's connections to the server redirected to its outbound port by iptables.
+    /// Logs at `warn` like the agents (no access log).
+    fn ztunnel(bin: &Path, n: &Nodes, log: &Path) -> anyhow::Result<Agents> {
+        let workloads = n.dir.join("ztunnel-workloads.yaml");
+        let mut doc = String::from("workloads:\n");
+        for (name, ip, node) in [
+            ("client", CLIENT_IP, 1),
+            ("server", SERVER_IP, n.server_node + 1),
+        ] {
+            doc.push_str(&format!(
+                "- {{uid: Kubernetes//Pod/bench/{name}, name: {name}, namespace: bench, serviceAccount: {name}, workloadIps: [\"{ip}\"], protocol: HBONE, node: node-{node}, network: \"\", services: {{}}}}\n"
+            ));
+        }
+        std::fs::write(&workloads, doc)?;
+        for port in [ECHO_PORT, SINK_PORT] {
+            iptables(
+                &n.client.ns,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    SERVER_IP,
+                    "--dport",
+                    &port.to_string(),
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "15001",
+                ],
+            )?;
+        }
+        let mut procs = Vec::new();
+        for (pod, name) in [(&n.client, "client"), (&n.server, "server")] {
+            let out = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            let mut cmd = Command::new(bin);
+            cmd.env("PROXY_MODE", "dedicated")
+                .env("PROXY_WORKLOAD_INFO", format!("bench/{name}/{name}"))
+                .env("FAKE_CA", "true")
+                .env("XDS_ADDRESS", "")
+                .env("LOCAL_XDS_PATH", &workloads)
+                .env("ENABLE_ORIG_SRC", "false")
+                .env("RUST_LOG", "warn")
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            procs.push(h::spawn_in(Some(&pod.ns), None, cmd)?);
+        }
+        let zt = Agents {
+            procs,
+            _pins: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = [&n.client, &n.server].iter().all(|p| {
+                p.ns.run(|| h::http_get(ZT_READY, "/healthz/ready"))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| b.starts_with("ready"))
+            });
+            if ready {
+                return Ok(zt);
+            }
+            if Instant::now() > deadline {
+                bail!("ztunnel did not become ready; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Both agents' CPU seconds and resident bytes.
     fn usage(&self) -> (f64, u64) {
         self.procs.iter().fold((0.0, 0), |(c, r), p| {
@@ -344,6 +487,10 @@ fn measure(
         Path3::Direct => None,
         Path3::Mesh | Path3::SameNode => Some(Agents::start(agent_bin, &n, log, true)?),
         Path3::Plain => Some(Agents::start(agent_bin, &n, log, false)?),
+        Path3::Ztunnel => {
+            let bin = std::env::var_os(ZTUNNEL_ENV).expect("the ztunnel path runs when it is set");
+            Some(Agents::ztunnel(Path::new(&bin), &n, log)?)
+        }
     };
     let usage = || agents.as_ref().map_or((0.0, 0), Agents::usage);
     let secs = args.seconds.to_string();
@@ -397,20 +544,25 @@ fn measure(
             .stdout(Stdio::null());
         let holder = h::spawn_in(Some(&n.client.ns), Some(&n.client.cgroup), cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        let open = |admin: &str, d: &str| {
-            metric(
-                admin,
-                &format!("cedille_agent_active_connections{{direction=\"{d}\"}}"),
-            )
+        // Connections held open: the client's side (outbound) and the server's (inbound).
+        let open = |client: bool| match (path, client) {
+            (Path3::Ztunnel, true) => zt_open(&n.client, "source"),
+            (Path3::Ztunnel, false) => zt_open(&n.server, "destination"),
+            (_, true) => metric(
+                ADMIN[0],
+                "cedille_agent_active_connections{direction=\"outbound\"}",
+            ),
+            (_, false) => metric(
+                server_admin,
+                "cedille_agent_active_connections{direction=\"inbound\"}",
+            ),
         };
-        while open(ADMIN[0], "outbound") < f64::from(IDLE)
-            || open(server_admin, "inbound") < f64::from(IDLE)
-        {
+        while open(true) < f64::from(IDLE) || open(false) < f64::from(IDLE) {
             if Instant::now() > deadline {
                 bail!(
                     "the idle connections did not all open: {} outbound, {} inbound",
-                    open(ADMIN[0], "outbound"),
-                    open(server_admin, "inbound")
+                    open(true),
+                    open(false)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -465,14 +617,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bins = (release.join("cedille-agent"), release.join("cedille-probe"));
     let log = std::env::temp_dir().join("cedille-bench-mesh.log");
     let _ = std::fs::remove_file(&log);
-    let results = super::rounds(args, &Path3::ALL, Path3::name, |path| {
+    let mut paths = Path3::ALL.to_vec();
+    if std::env::var_os(ZTUNNEL_ENV).is_some() {
+        paths.push(Path3::Ztunnel);
+    }
+    let results = super::rounds(args, &paths, Path3::name, |path| {
         measure(path, args, &bins, &log)
     })?;
-    report(args, &results);
+    report(args, &paths, &results);
     Ok(())
 }
 
-fn report(args: &Args, results: &[Vec<Figures>]) {
+fn report(args: &Args, paths: &[Path3], results: &[Vec<Figures>]) {
     let med = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
     println!(
         "\ncedille-agent, a pod on each of two nodes; medians of {} rounds of {} s per measurement",
@@ -490,7 +646,7 @@ fn report(args: &Args, results: &[Vec<Figures>]) {
         "agents µs/conn",
         "bytes/conn"
     );
-    for (i, path) in Path3::ALL.into_iter().enumerate() {
+    for (i, &path) in paths.iter().enumerate() {
         let agent = |v: f64, prec: usize| {
             if path == Path3::Direct {
                 "-".to_owned()
@@ -554,4 +710,25 @@ fn report(args: &Args, results: &[Vec<Figures>]) {
         med(plain, |f| f.vcpu_per_krps) / 2.0,
         med(plain, |f| f.gbit_s) / med(d, |f| f.gbit_s) * 100.0
     );
+    if let Some(z) = paths.iter().position(|&p| p == Path3::Ztunnel) {
+        let zt_p99_ms = (med(z, |f| f.p99_us) - med(d, |f| f.p99_us)) / 1000.0;
+        println!(
+            "ztunnel on the same pods, same run (dedicated mode in each pod; the targets are its published figures):"
+        );
+        println!(
+            "  added p99 {zt_p99_ms:.3} ms (p50 {:.3} ms), {:.3} vCPU per 1,000 req/s per ztunnel, {:.0}% of direct bulk, {:.0} connections/s",
+            (med(z, |f| f.p50_us) - med(d, |f| f.p50_us)) / 1000.0,
+            med(z, |f| f.vcpu_per_krps) / 2.0,
+            med(z, |f| f.gbit_s) / med(d, |f| f.gbit_s) * 100.0,
+            med(z, |f| f.conns_per_s),
+        );
+        println!(
+            "  cedille-agent against it: added p99 {:.2}x, CPU per request {:.2}x, bulk {:.2}x, connections/s {:.2}x, memory per connection {:.2}x (below 1 is better for all but bulk and connections/s)",
+            added_p99_ms / zt_p99_ms,
+            vcpu_both / med(z, |f| f.vcpu_per_krps),
+            med(m, |f| f.gbit_s) / med(z, |f| f.gbit_s),
+            med(m, |f| f.conns_per_s) / med(z, |f| f.conns_per_s),
+            med(m, |f| f.bytes_per_conn) / med(z, |f| f.bytes_per_conn),
+        );
+    }
 }
