@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use cedille_harness::{self as h, Background, Bridge, Cgroup, Netns, PinDir};
 
 use super::{
@@ -276,17 +276,6 @@ fn carried(n: &Nodes, path: Path3) -> anyhow::Result<f64> {
     )
 }
 
-fn iptables(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
-    let o = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "iptables"])
-        .args(args)
-        .output()?;
-    if !o.status.success() {
-        bail!("iptables {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 /// The sum of a ztunnel's `istio_tcp_connections_{opened,closed}_total` series whose
 /// labels hold every one of `labels` (its stats port answers inside its pod).
 fn zt_connections(pod: &Pod, which: &str, labels: &[&str]) -> anyhow::Result<f64> {
@@ -405,25 +394,16 @@ impl Agents {
         }
         std::fs::write(&workloads, doc)?;
         for port in [ECHO_PORT, SINK_PORT] {
-            iptables(
-                &n.client.ns,
+            let port = port.to_string();
+            h::run(
+                "ip",
                 &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "-d",
-                    SERVER_IP,
-                    "--dport",
-                    &port.to_string(),
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    "15001",
+                    "netns", "exec", n.client.ns.name(), "iptables", "-t", "nat", "-A", "OUTPUT",
+                    "-p", "tcp", "-d", SERVER_IP, "--dport", &port, "-j", "REDIRECT",
+                    "--to-ports", "15001",
                 ],
-            )?;
+            )
+            .context("redirecting the client pod's connections to ztunnel (is iptables installed? run scripts/setup.sh --bench)")?;
         }
         let mut procs = Vec::new();
         for (pod, name) in [(&n.client, "client"), (&n.server, "server")] {
@@ -478,6 +458,7 @@ fn measure(
     path: Path3,
     args: &Args,
     bins: &(PathBuf, PathBuf),
+    ztunnel: Option<&Path>,
     log: &Path,
 ) -> anyhow::Result<Figures> {
     let (agent_bin, probe) = bins;
@@ -488,8 +469,10 @@ fn measure(
         Path3::Mesh | Path3::SameNode => Some(Agents::start(agent_bin, &n, log, true)?),
         Path3::Plain => Some(Agents::start(agent_bin, &n, log, false)?),
         Path3::Ztunnel => {
-            let bin = std::env::var_os(ZTUNNEL_ENV).expect("the ztunnel path runs when it is set");
-            Some(Agents::ztunnel(Path::new(&bin), &n, log)?)
+            let Some(bin) = ztunnel else {
+                bail!("the ztunnel path needs {ZTUNNEL_ENV}");
+            };
+            Some(Agents::ztunnel(bin, &n, log)?)
         }
     };
     let usage = || agents.as_ref().map_or((0.0, 0), Agents::usage);
@@ -617,12 +600,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bins = (release.join("cedille-agent"), release.join("cedille-probe"));
     let log = std::env::temp_dir().join("cedille-bench-mesh.log");
     let _ = std::fs::remove_file(&log);
+    let ztunnel = std::env::var_os(ZTUNNEL_ENV).map(PathBuf::from);
     let mut paths = Path3::ALL.to_vec();
-    if std::env::var_os(ZTUNNEL_ENV).is_some() {
+    if ztunnel.is_some() {
         paths.push(Path3::Ztunnel);
     }
     let results = super::rounds(args, &paths, Path3::name, |path| {
-        measure(path, args, &bins, &log)
+        measure(path, args, &bins, ztunnel.as_deref(), &log)
     })?;
     report(args, &paths, &results);
     Ok(())
